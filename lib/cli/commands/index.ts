@@ -1,0 +1,8 @@
+import type { Command } from 'commander';
+
+/** A CLI command module: registers itself on the root program. One file per command. */
+export type Register = (program: Command) => void;
+
+// One line per command; each file owns its command.
+export const commands: Register[] = [
+];

@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+/**
+ * kvmfault CLI entry. Exit codes: 0 ok, 1 found a problem, 2 usage or environment error.
+ */
+import { Command, CommanderError } from 'commander';
+import { commands } from './commands/index';
+import { CliError, EXIT_USAGE } from './errors';
+
+export function buildProgram(): Command {
+  const program = new Command('kvmfault')
+    .description('Watch the KVM x86 MMU page-fault path with eBPF: which vCPUs progress, retry or are stuck')
+    .version(require('../../../package.json').version)
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  for (const register of commands) register(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // help and version exit 0; parse errors were already printed by commander
+      return e.exitCode === 0 ? 0 : EXIT_USAGE;
+    }
+    if (e instanceof CliError) {
+      process.stderr.write(`kvmfault: ${e.message}\n`);
+      return e.exitCode;
+    }
+    process.stderr.write(`kvmfault: ${(e as Error)?.message ?? String(e)}\n`);
+    if (process.env.KVMFAULT_DEBUG) process.stderr.write(`${(e as Error)?.stack}\n`);
+    return EXIT_USAGE;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,4 @@
+/**
+ * kvmfault public API. Data flows one way: kernel -> ring -> stream -> consumers.
+ */
+export * from './record';

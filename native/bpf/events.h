@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * events.h - the kvmfault record: the single source of truth for its layout.
+ *
+ * Shared by the BPF programs (native/bpf/*.bpf.c), the addon (native/addon/), which exports
+ * offsetof() of every field, and the TypeScript reader (lib/record.ts), whose offsets a test
+ * checks against those exports. Fixed size, 8-byte aligned, little-endian, fixed-width types
+ * only, explicit padding. Never reorder fields: capture files store raw records (the capture
+ * header carries a field table, so a reader can still detect a mismatch).
+ */
+#ifndef KVMFAULT_EVENTS_H
+#define KVMFAULT_EVENTS_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define KVMFAULT_RECORD_VERSION 1
+
+/* What a record is. Values are stable: they are stored in capture files. */
+enum kvmfault_kind {
+	KF_FAULT = 1,            /* page-fault handler entered (or fault entry tracepoint) */
+	KF_FAULTIN = 2,          /* fault-in function entered */
+	KF_FAULTIN_RET = 3,      /* fault-in function returned (ret = its return value) */
+	KF_MAP = 4,              /* spte requested / installed: the fault is being mapped */
+	KF_FAULT_RET = 5,        /* page-fault handler returned (ret = RET_PF_* value) */
+	KF_INVALIDATE_START = 6, /* mmu_notifier invalidation began (range in range_start/end) */
+	KF_INVALIDATE_END = 7,   /* mmu_notifier invalidation ended */
+	KF_EXIT = 8,             /* vCPU exit (rip fresh) */
+	KF_TEST = 15,            /* test/benchmark producer only; never from the KVM probes */
+};
+
+/* Sentinels for "this probe cannot see the field". Zero is meaningful for most fields, so
+ * unknown is never 0: all-ones for unsigned fields, -1 for in_progress (a count, >= 0 when
+ * known), INT32_MIN for ret (RET_PF_* and faultin returns are small non-negative values or
+ * -errno). */
+#define KF_UNKNOWN_U64 0xffffffffffffffffULL
+#define KF_UNKNOWN_U32 0xffffffffU
+#define KF_UNKNOWN_S64 (-1LL)
+#define KF_UNKNOWN_RET ((__s32)0x80000000)
+
+/* flags */
+#define KF_FLAG_RANGE_GFN  (1u << 0) /* range_start/end are guest frame numbers (6.8+), else hva */
+#define KF_FLAG_WRITE      (1u << 1) /* write fault */
+#define KF_FLAG_EXEC       (1u << 2) /* instruction fetch */
+#define KF_FLAG_PRESENT    (1u << 3) /* the guest pte / spte was present (protection fault) */
+#define KF_FLAG_TDP        (1u << 4) /* fault->is_tdp */
+#define KF_FLAG_RIP_STALE  (1u << 5) /* rip read from the register cache, may be old */
+#define KF_FLAG_COALESCED  (1u << 6) /* repeat > 1: identical consecutive records folded */
+
+struct kvmfault_event {
+	__u64 ts_ns;        /* bpf_ktime_get_ns() */
+	__u32 pid;          /* VMM process (tgid) */
+	__u32 tid;          /* vCPU thread */
+	__u64 vm_id;        /* stable id of the VM: the struct kvm pointer, hashed */
+	__u32 vcpu_id;      /* vcpu->vcpu_id */
+	__u16 kind;         /* enum kvmfault_kind */
+	__u16 flags;        /* KF_FLAG_* */
+	__u64 gpa;          /* faulting guest physical address */
+	__u64 error_code;   /* #PF / EPT error code */
+	__u64 hva;          /* host virtual address of the gfn */
+	__u64 pfn;          /* resolved host pfn */
+	__u64 rip;          /* guest RIP */
+	__u64 mmu_seq;      /* the VM's mmu_invalidate_seq at the probe */
+	__u64 fault_seq;    /* the fault's own snapshot (fault->mmu_seq) */
+	__s64 in_progress;  /* the VM's mmu_invalidate_in_progress */
+	__u64 range_start;  /* the VM's invalidation range (hva or gfn: KF_FLAG_RANGE_GFN) */
+	__u64 range_end;
+	__s32 ret;          /* RET_PF_* (FAULT_RET) or fault-in return (FAULTIN_RET) */
+	__u32 repeat;       /* identical consecutive events this record stands for (>= 1) */
+};
+
+#define KVMFAULT_EVENT_SIZE 120
+
+#if defined(__cplusplus)
+static_assert(sizeof(struct kvmfault_event) == KVMFAULT_EVENT_SIZE, "record size");
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(sizeof(struct kvmfault_event) == KVMFAULT_EVENT_SIZE, "record size");
+#endif
+
+#endif /* KVMFAULT_EVENTS_H */
