@@ -2,7 +2,7 @@
 /*
  * events.h - the kvmfault record: the single source of truth for its layout.
  *
- * Shared by the BPF programs (native/bpf/*.bpf.c), the addon (native/addon/), which exports
+ * Shared by the BPF programs (native/bpf/<name>.bpf.c), the addon (native/addon/), which exports
  * offsetof() of every field, and the TypeScript reader (lib/record.ts), whose offsets a test
  * checks against those exports. Fixed size, 8-byte aligned, little-endian, fixed-width types
  * only, explicit padding. Never reorder fields: capture files store raw records (the capture

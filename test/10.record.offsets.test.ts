@@ -1,0 +1,16 @@
+import assert from 'node:assert/strict';
+import { native } from '../lib/native';
+import { Kind, RECORD_OFFSETS, RECORD_SIZE, RECORD_VERSION } from '../lib/record';
+
+describe('10 record layout', () => {
+  it('TS offsets equal the C offsetof() values from events.h', () => {
+    const rec = native().record;
+    assert.equal(rec.size, RECORD_SIZE);
+    assert.equal(rec.version, RECORD_VERSION);
+    assert.deepEqual({ ...rec.offsets }, { ...RECORD_OFFSETS });
+  });
+  it('TS kind values equal enum kvmfault_kind', () => {
+    const kinds = native().record.kinds;
+    for (const [name, value] of Object.entries(Kind)) assert.equal(kinds[name], value, name);
+  });
+});
