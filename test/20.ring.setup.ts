@@ -1,0 +1,70 @@
+/**
+ * Shared setup for the 20.ring.* tests: the environment check (these tests load BPF programs
+ * on the running kernel: root and BTF are required, and a test that cannot run FAILS saying
+ * why) and the RingTest producer's record formulas (native/bpf/ringtest.bpf.c fill()).
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { native } from '../lib/native';
+import { EventBatch, Kind } from '../lib/record';
+
+/** native/addon/ringtest.cc */
+export interface RingTest {
+  run(n: number, discardEvery?: number): number;
+  setTarget(tgid: number): void;
+  ringFd(): number;
+  stats(): { submitted: number; dropped: number; nextSeq: number };
+  close(): void;
+}
+
+/** Throws (fails the test) unless BPF programs can be loaded here. */
+export function requireBpf(): void {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new Error('ring tests load BPF programs on the running kernel: run them as root (e.g. sudo npm test)');
+  }
+  if (!existsSync('/sys/kernel/btf/vmlinux')) {
+    throw new Error('ring tests need kernel BTF (/sys/kernel/btf/vmlinux missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y');
+  }
+}
+
+export function openRingTest(options: { ringSize?: number; wakeupBytes?: number } = {}): RingTest {
+  requireBpf();
+  const RingTestCtor = native().RingTest;
+  return new RingTestCtor(options) as RingTest;
+}
+
+/** Bytes a 120-byte record takes in the ring: 8-byte header + payload, padded to 8. */
+export const RING_SLOT = 128;
+
+/**
+ * Checks record i of a batch against the producer's formulas for its sequence number (gpa).
+ * Returns the sequence number. A torn or overwritten record fails here.
+ */
+export function checkRecord(batch: EventBatch, i: number): number {
+  const seq = batch.gpa(i);
+  if (batch.kind(i) !== Kind.TEST) assert.fail(`record ${i} (seq ${seq}): kind ${batch.kind(i)}, expected KF_TEST`);
+  if (
+    batch.errorCode(i) !== seq + 1 || batch.hva(i) !== seq + 2 || batch.pfn(i) !== seq + 3 ||
+    batch.ripLo(i) !== seq + 4 || batch.mmuSeq(i) !== seq + 5 || batch.faultSeq(i) !== seq + 6 ||
+    batch.rangeStart(i) !== seq + 7 || batch.rangeEnd(i) !== seq + 8 || batch.inProgress(i) !== 0 ||
+    batch.ret(i) !== (seq & 0x7fffffff) || batch.repeat(i) !== 1 || batch.vcpuId(i) !== (seq & 0xffff) ||
+    batch.vmIdLo(i) !== (seq ^ 0x5a5a5a5a) >>> 0 || batch.flags(i) !== 0
+  ) {
+    assert.fail(`record ${i} (seq ${seq}) is corrupt: ${JSON.stringify(batch.get(i))}`);
+  }
+  return seq;
+}
+
+/** node --expose-gc without the flag: a gc() that also lets external-buffer finalizers run. */
+export async function collectGarbage(): Promise<void> {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const v8 = require('node:v8');
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const vm = require('node:vm');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  for (let i = 0; i < 4; i++) {
+    gc();
+    await new Promise((r) => setImmediate(r));
+  }
+}
