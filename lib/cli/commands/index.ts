@@ -1,8 +1,10 @@
 import type { Command } from 'commander';
+import { register as analyze } from './analyze';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
 
 // One line per command; each file owns its command.
 export const commands: Register[] = [
+  analyze,
 ];

@@ -1,0 +1,45 @@
+/**
+ * kvmfault analyze <file>: capture file or bpftrace log -> per-vCPU verdicts.
+ * Exit: 0 nothing stuck, 1 a vCPU is stuck, 2 bad input/usage (or a damaged capture with
+ * nothing stuck in what was readable).
+ */
+import type { Command } from 'commander';
+import { AnalyzeInputError, analyzeFile, formatReport, reportJson } from '../../analyze';
+import { CliError, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE } from '../errors';
+
+function positiveNumber(name: string) {
+  return (text: string): number => {
+    const n = Number(text);
+    if (!(n > 0) || !Number.isFinite(n)) throw new CliError(`${name} must be a positive number (got "${text}")`);
+    return n;
+  };
+}
+
+export function register(program: Command): void {
+  program
+    .command('analyze')
+    .description('classify every vCPU of a capture file or a bpftrace log: progressing, retrying or stuck (with cause and evidence)')
+    .argument('<file>', 'capture file (kvmfault record) or bpftrace text log in the incident format')
+    .option('--json', 'print the report as JSON (a `vcpus` array with pid, tid, state, cause, gpa, attempts and evidence)')
+    .option('--kernel <release>', "judge against this kernel release (the traced host's uname -r) instead of the capture's")
+    .option('--stuck-attempts <n>', 'attempts on one gpa without progress before stuck (default 1000)', positiveNumber('--stuck-attempts'))
+    .option('--stuck-seconds <s>', 'and for at least this long (default 1)', positiveNumber('--stuck-seconds'))
+    .action(async (file: string, opts: { json?: boolean; kernel?: string; stuckAttempts?: number; stuckSeconds?: number }) => {
+      let report;
+      try {
+        report = await analyzeFile(file, {
+          kernel: opts.kernel,
+          detector: {
+            stuckAttempts: opts.stuckAttempts,
+            stuckNs: opts.stuckSeconds === undefined ? undefined : opts.stuckSeconds * 1e9,
+          },
+        });
+      } catch (e) {
+        if (e instanceof AnalyzeInputError) throw new CliError(e.message, EXIT_USAGE);
+        throw e;
+      }
+      process.stdout.write(opts.json ? JSON.stringify(reportJson(report), null, 2) + '\n' : formatReport(report));
+      const damaged = (report.capture?.damage.length ?? 0) > 0;
+      process.exitCode = report.stuck > 0 ? EXIT_PROBLEM : damaged ? EXIT_USAGE : EXIT_OK;
+    });
+}

@@ -1,0 +1,222 @@
+/**
+ * Importer for the bpftrace text logs of the 2023 "Deadlock due to EPT_VIOLATION" thread
+ * (fixtures/*.log): one line per probe hit,
+ *
+ *   21:25:50:282711 tid[3484173] pid[3484149] FAULTIN @ rip ffffffff814e6ca5 (92234 hits),
+ *     gpa = 1343fa0b0, hva = 7feb409fa000, flags = 0 : MMU seq = 8002dc25, in-prog = 0,
+ *     start = 7feacde61000, end = 7feacde62000
+ *
+ * Line kinds: FAULTIN / FAULTIN_RET (kvm_faultin_pfn entry/return), MAP (the TDP map path
+ * entered), SPTE (an spte installed), MAP_RET (the map path's RET_PF_* result), ITER (a TDP
+ * iterator step: parsed, no record). Mapping to records: FAULTIN -> FAULTIN, FAULTIN_RET ->
+ * FAULTIN_RET, MAP and SPTE -> MAP, MAP_RET -> FAULT_RET with its ret. Numbers are hex without
+ * 0x except ret, in-prog, hits and count. The "hva = X (Y)" form keeps X. The range is hva (6.1).
+ *
+ * The "(N hits)" counter counts probe hits at that guest RIP on that thread since the script
+ * started, printed lines or not. We turn it into attempts: a FAULTIN stands for the hits since
+ * the thread's previous line (repeat = the gap), the thread's first line stands for all N
+ * earlier hits, and a FAULTIN_RET whose counter moved past the last FAULTIN gets a FAULTIN
+ * record for the unprinted entries in front of it. For a vCPU stuck on one instruction those
+ * hits are retries of the same access; that is how the 13-line excerpt of a 90 000-attempt
+ * hang still shows 90 000 attempts.
+ *
+ * Email quoting ("> ", "> > "), blank lines and CRLF are tolerated; anything else that does not
+ * parse is counted and the first few are reported with line numbers. Never throws on content.
+ */
+import { Kind, RecordWriter, RecordBatch, Flag } from '../record';
+
+export interface SkippedLine {
+  line: number;
+  text: string;
+  reason: string;
+}
+
+export interface BpftraceImport {
+  batch: RecordBatch;
+  /** non-blank lines read */
+  lines: number;
+  records: number;
+  /** recognised lines that make no record (ITER) */
+  ignored: number;
+  skipped: number;
+  /** the first `maxReported` skipped lines */
+  skippedLines: SkippedLine[];
+}
+
+export interface BpftraceImportOptions {
+  /** skipped lines to keep for the report (default 10) */
+  maxReported?: number;
+}
+
+const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d+)\]\s+pid\[(\d+)\]\s+([A-Z][A-Z_]*)\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16})(?:\s*\((\d+)\s+hits?\))?\s*,?\s*(.*)$/;
+const FIELD = /([A-Za-z][A-Za-z_ -]*?)\s*=\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*\))?/g;
+const QUOTE = /^\s*(?:>\s?)+/;
+const DAY_NS = 86400e9;
+const DECIMAL_KEYS = new Set(['ret', 'in-prog', 'count', 'hits', 'tdp_mmu']);
+const HEX64 = /^(?:0x)?[0-9a-f]{1,16}$/i;
+
+interface ThreadState {
+  hits: number;
+  ripLo: number;
+  ripHi: number;
+  lastFaultinHits: number;
+}
+
+function parseTimestamp(h: string, m: string, s: string, frac: string): number {
+  const hh = Number(h), mm = Number(m), ss = Number(s);
+  if (hh > 23 || mm > 59 || ss > 60) return NaN;
+  return ((hh * 60 + mm) * 60 + ss) * 1e9 + Number(frac.padEnd(9, '0'));
+}
+
+/** True when the text looks like this log format (some line parses). */
+export function looksLikeBpftraceLog(text: string): boolean {
+  let n = 0;
+  for (const raw of text.split('\n')) {
+    if (n++ > 200) break;
+    if (HEAD.test(raw.replace(QUOTE, '').trim())) return true;
+  }
+  return false;
+}
+
+export function importBpftraceLog(text: string, options: BpftraceImportOptions = {}): BpftraceImport {
+  const maxReported = options.maxReported ?? 10;
+  const writer = new RecordWriter(1024);
+  const threads = new Map<number, ThreadState>();
+  const skippedLines: SkippedLine[] = [];
+  let lines = 0, skipped = 0, ignored = 0;
+  let dayOffset = 0, lastTs = -1;
+  const lineTexts = text.split('\n');
+  const fields = new Map<string, string>();
+
+  const skip = (line: number, raw: string, reason: string): void => {
+    skipped++;
+    if (skippedLines.length < maxReported) skippedLines.push({ line, text: raw.length > 200 ? raw.slice(0, 200) + '...' : raw, reason });
+  };
+
+  for (let ln = 0; ln < lineTexts.length; ln++) {
+    const raw = lineTexts[ln].replace(/\r$/, '');
+    const line = raw.replace(QUOTE, '').trim();
+    if (line === '') continue;
+    lines++;
+    const m = HEAD.exec(line);
+    if (!m) {
+      skip(ln + 1, raw, 'not a "HH:MM:SS:usec tid[N] pid[N] KIND @ rip X ..." line');
+      continue;
+    }
+    let ts = parseTimestamp(m[1], m[2], m[3], m[4]);
+    if (Number.isNaN(ts)) {
+      skip(ln + 1, raw, 'bad timestamp');
+      continue;
+    }
+    // a log that runs past midnight: the clock jumps back by most of a day
+    if (lastTs >= 0 && ts + dayOffset < lastTs - DAY_NS / 2) dayOffset += DAY_NS;
+    ts += dayOffset;
+    if (ts > lastTs) lastTs = ts;
+    const tid = Number(m[5]), pid = Number(m[6]), kindText = m[7];
+    if (tid > 0xffffffff || pid > 0xffffffff) {
+      skip(ln + 1, raw, 'tid/pid out of range');
+      continue;
+    }
+    const rip = BigInt('0x' + m[8]);
+    const hits = m[9] === undefined ? -1 : Number(m[9]);
+    fields.clear();
+    FIELD.lastIndex = 0;
+    for (let f = FIELD.exec(m[10]); f !== null; f = FIELD.exec(m[10])) {
+      const key = f[1].trim().toLowerCase().replace(/\s+/g, ' ');
+      if (!fields.has(key)) fields.set(key, f[2]);
+    }
+    let kind: number;
+    switch (kindText) {
+      case 'FAULTIN': kind = Kind.FAULTIN; break;
+      case 'FAULTIN_RET': kind = Kind.FAULTIN_RET; break;
+      case 'MAP': case 'SPTE': kind = Kind.MAP; break;
+      case 'MAP_RET': kind = Kind.FAULT_RET; break;
+      case 'ITER': kind = 0; break;
+      default:
+        skip(ln + 1, raw, `unknown line kind ${kindText}`);
+        continue;
+    }
+    const gpaText = fields.get('gpa');
+    if (gpaText === undefined || !HEX64.test(gpaText)) {
+      skip(ln + 1, raw, 'no gpa');
+      continue;
+    }
+    let bad = '';
+    const num = (key: string): bigint | null => {
+      const t = fields.get(key);
+      if (t === undefined) return null;
+      if (DECIMAL_KEYS.has(key)) {
+        if (!/^-?\d+$/.test(t)) { bad = key; return null; }
+        return BigInt(t);
+      }
+      if (!HEX64.test(t)) { bad = key; return null; }
+      return BigInt(t.startsWith('0x') || t.startsWith('0X') ? t : '0x' + t);
+    };
+    const gpa = num('gpa')!, hva = num('hva'), pfn = num('pfn'), seq = num('mmu seq');
+    const inProg = num('in-prog'), start = num('start'), end = num('end'), ret = num('ret');
+    if (bad) {
+      skip(ln + 1, raw, `bad value for ${bad}`);
+      continue;
+    }
+    if (ret !== null && (ret < -0x7fffffffn || ret > 0x7fffffffn)) {
+      skip(ln + 1, raw, 'ret out of range');
+      continue;
+    }
+
+    // hit counter -> attempts (see the header comment)
+    const ripLo = Number(rip & 0xffffffffn), ripHi = Number(rip >> 32n);
+    let th = threads.get(tid);
+    const sameRip = th !== undefined && th.ripLo === ripLo && th.ripHi === ripHi;
+    const before = sameRip ? th!.hits : 0;
+    const gap = hits >= 0 ? Math.max(0, hits - before) : 0;
+    if (!th) {
+      th = { hits: 0, ripLo, ripHi, lastFaultinHits: -1 };
+      threads.set(tid, th);
+    } else if (!sameRip) {
+      th.ripLo = ripLo;
+      th.ripHi = ripHi;
+      th.lastFaultinHits = -1;
+    }
+    if (hits >= 0) th.hits = Math.max(before, hits);
+
+    const emit = (k: number, repeat: number): void => {
+      const r = writer.begin(k);
+      writer.setU64(r, 'ts_ns', ts);
+      writer.setU32(r, 'pid', pid);
+      writer.setU32(r, 'tid', tid);
+      writer.setU64(r, 'rip', rip);
+      writer.setU64(r, 'gpa', gpa);
+      if (hva !== null) writer.setU64(r, 'hva', hva);
+      if (pfn !== null && k !== Kind.FAULTIN) writer.setU64(r, 'pfn', pfn);
+      if (seq !== null) writer.setU64(r, 'mmu_seq', seq);
+      if (inProg !== null) writer.setInProgress(r, Number(inProg));
+      if (start !== null) writer.setU64(r, 'range_start', start);
+      if (end !== null) writer.setU64(r, 'range_end', end);
+      if (ret !== null && k !== Kind.FAULTIN) writer.setRet(r, Number(ret));
+      if (repeat > 1) {
+        writer.setU32(r, 'repeat', Math.min(repeat, 0xfffffffe));
+        writer.setFlags(r, Flag.COALESCED);
+      }
+    };
+
+    if (kind === 0) {
+      ignored++;
+    } else if (kind === Kind.FAULTIN) {
+      emit(Kind.FAULTIN, Math.max(1, gap));
+      th.lastFaultinHits = th.hits;
+    } else if (kind === Kind.FAULTIN_RET) {
+      // its own FAULTIN (and maybe more) were not printed: stand in for them
+      if (hits >= 0 && (th.lastFaultinHits < 0 || hits > th.lastFaultinHits) && gap > 0) {
+        emit(Kind.FAULTIN, gap);
+        th.lastFaultinHits = th.hits;
+      } else if (hits < 0 && th.lastFaultinHits < 0) {
+        emit(Kind.FAULTIN, 1);
+        th.lastFaultinHits = 0;
+      }
+      emit(Kind.FAULTIN_RET, 1);
+    } else {
+      emit(kind, 1);
+    }
+  }
+  return { batch: writer.batch(), lines, records: writer.count, ignored, skipped, skippedLines };
+}

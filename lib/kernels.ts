@@ -1,0 +1,155 @@
+/**
+ * Kernel knowledge as data: which kernels have the is_page_fault_stale() sign-extension bug.
+ *
+ * The bug: from 5.16 (a955cad84cda, "KVM: x86/mmu: Retry page fault if root is invalidated by
+ * memslot update") is_page_fault_stale() took the mmu_invalidate_seq snapshot as `int`. Once the
+ * sequence reaches 0x80000000 the snapshot is sign-extended when compared with the
+ * `unsigned long` sequence, every fault looks stale and the vCPU retries forever.
+ * Fixed upstream in 6.3 by ba6e3fe25543 (a refactor that grabs the snapshot in
+ * kvm_faultin_pfn()) and in stable 6.1.50 by a one-line type change, posted as "[PATCH 6.1]"
+ * only (2023-08-24).
+ *
+ * Per stable line (LINES below), what we could verify and what we could not:
+ * - <= 5.14, 5.15.0: no is_page_fault_stale() at all (5.16 introduced it).
+ * - 5.15.y (y > 0): unknown. a955cad84cda's follow-up fix carried Cc: stable, so a backport
+ *   into 5.15.y is possible; we could not verify either way, and Ubuntu's 5.15.0-N ABI names
+ *   say nothing about the sublevel anyway.
+ * - 5.16 .. 6.0: affected; these lines were closed before the fix and never got it.
+ * - 6.1.0 .. 6.1.49: affected; 6.1.50 and later: fixed.
+ * - 6.2.y: affected; the line ended with 6.2.16 (May 2023), before the 6.1-only stable fix.
+ * - 6.3 and later: not affected (ba6e3fe25543).
+ */
+import { readFileSync } from 'node:fs';
+import { release as osRelease } from 'node:os';
+
+export interface KernelVersion {
+  major: number;
+  minor: number;
+  /** null when the release string does not carry the real sublevel (distro ABI names) */
+  sublevel: number | null;
+}
+
+export type KernelStatus = 'affected' | 'fixed' | 'not-affected' | 'unknown';
+
+export interface KernelInfo {
+  /** the string judged (uname -r) */
+  release: string;
+  version: KernelVersion | null;
+  /** where the version came from: the release string itself, or /proc/version's distro text */
+  versionSource: 'release' | 'proc-version' | 'none';
+  /** true: has the bug; false: does not; null: cannot tell (see reason) */
+  affected: boolean | null;
+  status: KernelStatus;
+  /** false when the answer depends on something we could not check (distro backports, ABI names) */
+  certain: boolean;
+  reason: string;
+}
+
+/** Debian (6.1.0-56-amd64) and Ubuntu (5.15.0-91-generic) put an ABI number, not the sublevel, after x.y.0 */
+const DEBIAN_ABI = /^-\d+-(?:amd64|arm64|686|686-pae|cloud-amd64|cloud-arm64|rt-amd64|rt-arm64|armmp|armmp-lpae|powerpc64le|s390x)$/;
+const UBUNTU_ABI = /^-\d+-(?:generic|lowlatency|aws|azure|gcp|gke|kvm|oracle|ibm|nvidia|raspi|hwe|virtual)(?:-[\w.]+)?$/;
+
+function parseVersion(text: string): { version: KernelVersion; rest: string } | null {
+  const m = /^\s*(\d+)\.(\d+)(?:\.(\d+))?(.*)$/.exec(text);
+  if (!m) return null;
+  return {
+    version: { major: Number(m[1]), minor: Number(m[2]), sublevel: m[3] === undefined ? null : Number(m[3]) },
+    rest: m[4],
+  };
+}
+
+/** The real upstream version from /proc/version (Debian) or /proc/version_signature (Ubuntu), if present. */
+function versionFromProcText(procVersion: string | undefined): KernelVersion | null {
+  if (!procVersion) return null;
+  // Debian: "... #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-1 (2025-...)"
+  const deb = /Debian (\d+)\.(\d+)\.(\d+)/.exec(procVersion);
+  if (deb) return { major: Number(deb[1]), minor: Number(deb[2]), sublevel: Number(deb[3]) };
+  // Ubuntu /proc/version_signature: "Ubuntu 5.15.0-91.101-generic 5.15.131"
+  const ubu = /Ubuntu \S+ (\d+)\.(\d+)\.(\d+)\s*$/.exec(procVersion.trim());
+  if (ubu) return { major: Number(ubu[1]), minor: Number(ubu[2]), sublevel: Number(ubu[3]) };
+  return null;
+}
+
+function cmp(a: KernelVersion, major: number, minor: number): number {
+  return a.major !== major ? a.major - major : a.minor - minor;
+}
+
+function judgeVersion(v: KernelVersion, abiOnly: string | null): Omit<KernelInfo, 'release' | 'version' | 'versionSource'> {
+  const name = `${v.major}.${v.minor}${v.sublevel === null ? '' : '.' + v.sublevel}`;
+  if (cmp(v, 5, 15) < 0) {
+    return { affected: false, status: 'not-affected', certain: true,
+      reason: `${name} predates is_page_fault_stale() (added in 5.16 by a955cad84cda)` };
+  }
+  if (cmp(v, 5, 15) === 0) {
+    if (v.sublevel === 0 && !abiOnly) {
+      return { affected: false, status: 'not-affected', certain: true,
+        reason: '5.15.0 predates is_page_fault_stale() (added in 5.16 by a955cad84cda)' };
+    }
+    return { affected: null, status: 'unknown', certain: false,
+      reason: abiOnly
+        ? `${abiOnly}: the sublevel is not in the release string, and whether 5.15.y took a955cad84cda as a backport is unverified`
+        : `5.15.y: whether a955cad84cda was backported into this stable line (bringing the int snapshot) is unverified` };
+  }
+  if (cmp(v, 6, 1) < 0) {
+    return { affected: true, status: 'affected', certain: !abiOnly,
+      reason: `${name} has the int mmu_seq snapshot from a955cad84cda (5.16); this line ended before the fix` };
+  }
+  if (cmp(v, 6, 1) === 0) {
+    if (v.sublevel === null || abiOnly) {
+      return { affected: null, status: 'unknown', certain: false,
+        reason: `${abiOnly ?? name}: the 6.1 sublevel is unknown (fixed in 6.1.50); pass /proc/version text (Debian puts the real version there, e.g. "Debian 6.1.192-1")` };
+    }
+    return v.sublevel < 50
+      ? { affected: true, status: 'affected', certain: true,
+          reason: `6.1.${v.sublevel} < 6.1.50: is_page_fault_stale() takes the sequence as int (fixed by the 6.1.50 stable patch)` }
+      : { affected: false, status: 'fixed', certain: true,
+          reason: `6.1.${v.sublevel} >= 6.1.50: has the stable fix (snapshot taken as unsigned long)` };
+  }
+  if (cmp(v, 6, 2) === 0) {
+    return { affected: true, status: 'affected', certain: !abiOnly,
+      reason: `${name}: 6.2.y ended (6.2.16, May 2023) before the 6.1-only stable fix; fixed upstream only from 6.3` };
+  }
+  return { affected: false, status: 'fixed', certain: true,
+    reason: `${name} >= 6.3: the snapshot is fault->mmu_seq (unsigned long) since ba6e3fe25543` };
+}
+
+/**
+ * Judges a kernel release string (uname -r), optionally with /proc/version (or Ubuntu's
+ * /proc/version_signature) text, which carries the real version behind distro ABI names.
+ */
+export function judgeKernel(release: string, procVersion?: string): KernelInfo {
+  const parsed = parseVersion(release);
+  if (!parsed) {
+    return { release, version: null, versionSource: 'none', affected: null, status: 'unknown', certain: false,
+      reason: `cannot read a version from kernel release "${release}" (expected e.g. 6.1.52 or 6.1.0-56-amd64)` };
+  }
+  const fromProc = versionFromProcText(procVersion);
+  const { version, rest } = parsed;
+  const isAbi = version.sublevel === 0 && (DEBIAN_ABI.test(rest) || UBUNTU_ABI.test(rest));
+  if (fromProc && fromProc.major === version.major && fromProc.minor === version.minor) {
+    return { release, version: fromProc, versionSource: 'proc-version', ...judgeVersion(fromProc, null) };
+  }
+  if (isAbi) {
+    const abiNote = `${release} is a distro ABI name`;
+    const v: KernelVersion = { major: version.major, minor: version.minor, sublevel: null };
+    return { release, version: v, versionSource: 'release', ...judgeVersion(v, abiNote) };
+  }
+  return { release, version, versionSource: 'release', ...judgeVersion(version, null) };
+}
+
+/** The running kernel, judged with /proc/version_signature or /proc/version when readable. */
+export function hostKernel(): KernelInfo {
+  let proc: string | undefined;
+  for (const f of ['/proc/version_signature', '/proc/version']) {
+    try {
+      proc = readFileSync(f, 'utf8');
+      if (versionFromProcText(proc)) break;
+    } catch {
+      /* not present on this distro */
+    }
+  }
+  return judgeKernel(osRelease(), proc);
+}
+
+/** The sequence value at which the int snapshot goes negative (bit 31). */
+export const SIGN_BIT_SEQ = 0x80000000;
