@@ -9,3 +9,4 @@ export * from './kernels';
 export * from './capture';
 export * from './import/bpftrace';
 export * from './analyze';
+export * from './workload';
