@@ -278,6 +278,8 @@ export class StaleFaultDetector {
   private readonly fseqFirst: Float64Array;
   private readonly fseqLast: Float64Array;
   private readonly seqChanges: Float64Array;
+  /** the sequence seen with the previous attempt (a FAULTIN_RET in between may already show the move) */
+  private readonly seqAtAttempt: Float64Array;
   private readonly inProg: Float64Array;
   private readonly rangeStart: Float64Array;
   private readonly rangeEnd: Float64Array;
@@ -384,6 +386,7 @@ export class StaleFaultDetector {
     this.fseqFirst = new Float64Array(n);
     this.fseqLast = new Float64Array(n);
     this.seqChanges = new Float64Array(n);
+    this.seqAtAttempt = new Float64Array(n);
     this.inProg = new Float64Array(n);
     this.rangeStart = new Float64Array(n);
     this.rangeEnd = new Float64Array(n);
@@ -509,6 +512,7 @@ export class StaleFaultDetector {
       this.fseqFirst[s] = UNKNOWN;
       this.fseqLast[s] = UNKNOWN;
       this.seqChanges[s] = 0;
+      this.seqAtAttempt[s] = UNKNOWN;
       this.obsKnown[s] = 0;
       this.obsStale[s] = 0;
       this.obsNotStale[s] = 0;
@@ -523,6 +527,7 @@ export class StaleFaultDetector {
       this.state[s] = ST_RETRYING;
     }
     this.vmInvAtAttempt[s] = this.vmInv[vm];
+    this.seqAtAttempt[s] = this.seqLast[s];
     const a = this.attempts[s];
     if (a >= this.stuckAttempts && (ts - this.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone)) {
       this.state[s] = ST_STUCK;
@@ -569,10 +574,9 @@ export class StaleFaultDetector {
     const seq = mmuSeq !== UNKNOWN ? mmuSeq : fseq;
     if (seq !== UNKNOWN) {
       const last = this.seqLast[s];
-      if (last !== UNKNOWN && seq !== last) {
-        this.seqChanges[s] += 1;
-        if (!first) explained = true; // the sequence moved since the previous attempt
-      }
+      if (last !== UNKNOWN && seq !== last) this.seqChanges[s] += 1;
+      const prev = this.seqAtAttempt[s];
+      if (!first && prev !== UNKNOWN && seq !== prev) explained = true; // the sequence moved since the previous attempt
       if (this.seqFirst[s] === UNKNOWN) this.seqFirst[s] = seq;
       this.seqLast[s] = seq;
     }
@@ -729,6 +733,7 @@ export class StaleFaultDetector {
       this.fseqFirst[s] = UNKNOWN;
       this.fseqLast[s] = UNKNOWN;
       this.seqChanges[s] = 0;
+      this.seqAtAttempt[s] = UNKNOWN;
       this.inProg[s] = UNKNOWN;
       this.rangeStart[s] = UNKNOWN;
       this.rangeEnd[s] = UNKNOWN;
