@@ -1,0 +1,579 @@
+// tracer.cc - native().Tracer: opens, loads and attaches native/bpf/kvmfault.bpf.c for ONE attach
+// mode, and reports per probe what attached and why not. lib/tracer.ts drives it (option
+// validation, `auto` = fentry -> kprobe -> tracepoint, typed errors); this file stays thin:
+//
+//   const t = new Tracer();
+//   t.open({ mode, pid, ringBytes, coalesce, wakeupBytes, exits, rawTracepoints, verbose })
+//       -> { retPf: {RET_PF_RETRY: 1, ...}, rangeIsGfn, btf, probes: [planned status] }
+//   t.load()            verifier + CO-RE against the running kernel
+//   t.attach()          -> [{ name, point, attached, reason? }]
+//   t.ringFd(), t.stats(), t.close()   (close is idempotent; an env cleanup hook also closes)
+//
+// Errors carry .code (kvmfault's: EPERM, NO_BTF, NO_KVM, MODE_UNAVAILABLE, LOAD_FAILED, ...),
+// .errno where a syscall failed, a remedy in the message, and .probes (the plan, each probe
+// with the reason it is not attached) when a whole mode fails.
+#include "module.h"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kvmfault.skel.h"
+
+namespace kvmfault {
+namespace {
+
+// ---- libbpf output: hidden unless verbose, kept for error messages ---------------------------
+std::string* g_collect = nullptr;  // the log of the tracer currently calling into libbpf
+bool g_verbose = false;
+
+int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list ap) {
+  char line[2048];
+  vsnprintf(line, sizeof line, fmt, ap);
+  if (g_verbose) fputs(line, stderr);
+  if (g_collect && level != LIBBPF_DEBUG && g_collect->size() < (64u << 10)) g_collect->append(line);
+  return 0;
+}
+
+struct CollectScope {  // routes libbpf messages into one tracer's log for one call
+  CollectScope(std::string* log, bool verbose) {
+    g_collect = log;
+    g_verbose = verbose;
+  }
+  ~CollectScope() {
+    g_collect = nullptr;
+    g_verbose = false;
+  }
+};
+
+bool Exists(const char* path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+// The last `n` lines of libbpf's log: the verifier's or CO-RE's complaint is at the end.
+std::string Tail(const std::string& log, int n) {
+  size_t pos = log.size();
+  for (int i = 0; i <= n && pos != std::string::npos && pos > 0; i++) pos = log.rfind('\n', pos - 1);
+  std::string t = pos == std::string::npos ? log : log.substr(pos + 1);
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  return t;
+}
+
+enum class Mode { kTracepoint, kKprobe, kFentry };
+enum class Attach { kTpBtf, kRawTp, kKprobe, kKretprobe, kFentry, kFexit };
+
+// One program of the object and what it should attach to.
+struct Planned {
+  std::string prog;     // program name in kvmfault.bpf.c
+  std::string point;    // "tp_btf:kvmmmu:kvm_mmu_spte_requested", "kprobe:kvm_mmu_faultin_pfn"
+  Attach how;
+  std::string target;   // tracepoint name or kernel function
+  std::string reason;   // non-empty: will not be loaded/attached, and why
+  bool attached = false;
+};
+
+struct KernelFacts {
+  std::map<std::string, long long> retPf;
+  bool rangeIsGfn = false;
+  bool haveKvm = false;
+  std::string btfSources;
+  std::set<std::string> btfTypedefs;  // btf_trace_<tp> present
+  std::set<std::string> btfFuncs;     // FUNC names among the candidates
+};
+
+const char* const kTracepoints[][3] = {
+    // program suffix, subsystem, tracepoint
+    {"pagetable_walk", "kvmmmu", "kvm_mmu_pagetable_walk"},
+    {"page_fault", "kvm", "kvm_page_fault"},
+    {"spte_requested", "kvmmmu", "kvm_mmu_spte_requested"},
+    {"unmap_hva_range", "kvm", "kvm_unmap_hva_range"},
+    {"kvm_exit", "kvm", "kvm_exit"},
+};
+// The FAULT-entry tracepoints: only in tracepoint mode (handler probes give FAULT otherwise).
+bool IsFaultEntryTp(const std::string& suffix) { return suffix == "pagetable_walk" || suffix == "page_fault"; }
+
+const char* const kFaultinCandidates[] = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"};
+const char* const kHandlerCandidates[] = {"kvm_tdp_page_fault", "direct_page_fault", "paging64_page_fault",
+                                          "paging32_page_fault"};
+
+void ScanBtf(const struct btf* btf, KernelFacts& f) {
+  const __u32 n = btf__type_cnt(btf);
+  static const std::set<std::string> wantFuncs = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn", "kvm_tdp_page_fault",
+                                                  "direct_page_fault", "paging64_page_fault", "paging32_page_fault",
+                                                  "kvm_mmu_page_fault"};
+  for (__u32 id = 1; id < n; id++) {
+    const struct btf_type* t = btf__type_by_id(btf, id);
+    if (!t) continue;
+    if (btf_is_enum(t)) {
+      // RET_PF_*: an anonymous enum in arch/x86/kvm/mmu/mmu_internal.h
+      const struct btf_enum* e = btf_enum(t);
+      bool isRetPf = false;
+      for (int i = 0; i < btf_vlen(t); i++)
+        if (std::string(btf__name_by_offset(btf, e[i].name_off)) == "RET_PF_RETRY") isRetPf = true;
+      if (isRetPf)
+        for (int i = 0; i < btf_vlen(t); i++) f.retPf[btf__name_by_offset(btf, e[i].name_off)] = e[i].val;
+    } else if (btf_is_typedef(t)) {
+      const char* name = btf__name_by_offset(btf, t->name_off);
+      if (name && strncmp(name, "btf_trace_kvm", 13) == 0) f.btfTypedefs.insert(name);
+    } else if (btf_is_func(t)) {
+      const char* name = btf__name_by_offset(btf, t->name_off);
+      if (name && wantFuncs.count(name)) f.btfFuncs.insert(name);
+    } else if (btf_is_struct(t)) {
+      const char* name = btf__name_by_offset(btf, t->name_off);
+      if (!name) continue;
+      if (!strcmp(name, "kvm_vcpu")) f.haveKvm = true;
+      if (strcmp(name, "kvm")) continue;
+      // kvm->mmu_invalidate_range_start: gfn_t from 8569992d64b8 (6.8), unsigned long (hva) before
+      const struct btf_member* m = btf_members(t);
+      for (int i = 0; i < btf_vlen(t); i++) {
+        if (strcmp(btf__name_by_offset(btf, m[i].name_off), "mmu_invalidate_range_start")) continue;
+        const struct btf_type* mt = btf__type_by_id(btf, m[i].type);
+        f.rangeIsGfn = mt && btf_is_typedef(mt) && !strcmp(btf__name_by_offset(btf, mt->name_off), "gfn_t");
+      }
+    }
+  }
+}
+
+// Text symbols of interest from /proc/kallsyms: name -> the symbol to attach to (a function
+// may carry a compiler suffix such as .isra.0 / .constprop.0).
+std::map<std::string, std::string> KallsymsLookup(const std::set<std::string>& want) {
+  std::map<std::string, std::string> found;
+  std::ifstream in("/proc/kallsyms");
+  std::string addr, type, name;
+  while (in >> addr >> type) {
+    std::getline(in, name);
+    size_t b = name.find_first_not_of(" \t");
+    if (b == std::string::npos) continue;
+    name = name.substr(b);
+    size_t sp = name.find_first_of(" \t");  // "[module]" suffix
+    if (sp != std::string::npos) name = name.substr(0, sp);
+    if (type != "t" && type != "T") continue;
+    std::string base = name.substr(0, name.find('.'));
+    if (!want.count(base)) continue;
+    if (!found.count(base) || name == base) found[base] = name;
+  }
+  return found;
+}
+
+// kprobes need the kprobe PMU (perf_event_open) or tracefs' kprobe_events (legacy path).
+std::string KprobeUnavailableReason() {
+  if (Exists("/sys/bus/event_source/devices/kprobe/type")) return "";
+  if (Exists("/sys/kernel/tracing/kprobe_events") || Exists("/sys/kernel/debug/tracing/kprobe_events")) return "";
+  return "kprobes not available on this kernel (CONFIG_KPROBES off: no kprobe PMU in "
+         "/sys/bus/event_source/devices and /sys/kernel/tracing/kprobe_events missing)";
+}
+
+class Tracer : public Napi::ObjectWrap<Tracer> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Tracer",
+                       {
+                           InstanceMethod<&Tracer::Open>("open"),
+                           InstanceMethod<&Tracer::Load>("load"),
+                           InstanceMethod<&Tracer::AttachAll>("attach"),
+                           InstanceMethod<&Tracer::RingFd>("ringFd"),
+                           InstanceMethod<&Tracer::Stats>("stats"),
+                           InstanceMethod<&Tracer::Close>("close"),
+                       });
+  }
+
+  explicit Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info), env_(info.Env()) {}
+  ~Tracer() override { Destroy(); }
+
+ private:
+  napi_env env_;
+  kvmfault_bpf* skel_ = nullptr;
+  std::vector<bpf_link*> links_;
+  std::vector<Planned> plan_;
+  std::string log_;
+  bool verbose_ = false;
+  bool loaded_ = false;
+  bool hooked_ = false;
+  Mode mode_ = Mode::kTracepoint;
+
+  static void CleanupHook(void* arg) {
+    auto* self = static_cast<Tracer*>(arg);
+    self->hooked_ = false;  // the hook is consumed
+    self->Destroy();
+  }
+
+  // Detach everything and free the object. Safe to call any number of times.
+  void Destroy() {
+    for (bpf_link* l : links_) bpf_link__destroy(l);
+    links_.clear();
+    if (skel_) kvmfault_bpf__destroy(skel_);
+    skel_ = nullptr;
+    loaded_ = false;
+    if (hooked_) {
+      napi_remove_env_cleanup_hook(env_, CleanupHook, this);
+      hooked_ = false;
+    }
+  }
+
+  Napi::Value Throw(Napi::Env env, const char* code, int err, const std::string& msg, bool withPlan = false) {
+    Napi::Error e = Napi::Error::New(env, msg);
+    e.Set("code", Napi::String::New(env, code));
+    if (err) e.Set("errno", Napi::Number::New(env, err < 0 ? -err : err));
+    if (withPlan) e.Set("probes", PlanArray(env));
+    if (!log_.empty()) e.Set("libbpfLog", Napi::String::New(env, log_));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+
+  Napi::Array PlanArray(Napi::Env env) {
+    Napi::Array a = Napi::Array::New(env, plan_.size());
+    for (size_t i = 0; i < plan_.size(); i++) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("name", plan_[i].prog);
+      o.Set("point", plan_[i].point);
+      o.Set("attached", plan_[i].attached);
+      if (!plan_[i].reason.empty()) o.Set("reason", plan_[i].reason);
+      a.Set(i, o);
+    }
+    return a;
+  }
+
+  struct bpf_program* Prog(const std::string& name) {
+    return skel_ ? bpf_object__find_program_by_name(skel_->obj, name.c_str()) : nullptr;
+  }
+
+  // Which programs this mode loads, with a reason for each one it cannot use.
+  void PlanTracepoints(const KernelFacts& f, bool raw, bool faultEntry) {
+    for (auto& tp : kTracepoints) {
+      std::string suffix = tp[0], sys = tp[1], name = tp[2];
+      if (IsFaultEntryTp(suffix) && !faultEntry) continue;
+      bool typed = f.btfTypedefs.count("btf_trace_" + name) > 0;
+      std::string eventsDir = "/sys/kernel/tracing/events/" + sys + "/" + name;
+      bool tracefsKnows = Exists("/sys/kernel/tracing/events/kvm") ? Exists(eventsDir.c_str()) : true;
+      Planned p;
+      if (typed && !raw) {
+        p = {"tb_" + suffix, "tp_btf:" + sys + ":" + name, Attach::kTpBtf, name, ""};
+      } else {
+        p = {"rt_" + suffix, "raw_tp:" + sys + ":" + name, Attach::kRawTp, name, ""};
+        if (!typed && !tracefsKnows) p.reason = "tracepoint " + sys + ":" + name + " not in this kernel";
+      }
+      plan_.push_back(p);
+    }
+  }
+
+  void PlanKprobes(const std::map<std::string, std::string>& syms) {
+    bool faultin = false;
+    for (const char* c : kFaultinCandidates) {
+      if (faultin) break;
+      auto it = syms.find(c);
+      if (it == syms.end()) continue;
+      plan_.push_back({"kp_faultin", std::string("kprobe:") + it->second, Attach::kKprobe, it->second, ""});
+      plan_.push_back({"kr_faultin", std::string("kretprobe:") + it->second, Attach::kKretprobe, it->second, ""});
+      faultin = true;
+    }
+    if (!faultin)
+      plan_.push_back({"kp_faultin", "kprobe:kvm_mmu_faultin_pfn|kvm_faultin_pfn", Attach::kKprobe, "",
+                       "no fault-in function in /proc/kallsyms (kvm_mmu_faultin_pfn, kvm_faultin_pfn: inlined or "
+                       "renamed on this kernel)"});
+    bool handler = false;
+    for (const char* c : kHandlerCandidates) {
+      auto it = syms.find(c);
+      if (it == syms.end()) {
+        plan_.push_back({"kp_fault", std::string("kprobe:") + c, Attach::kKprobe, c,
+                         std::string("symbol ") + c + " not in /proc/kallsyms (inlined or not in this kernel)"});
+        continue;
+      }
+      plan_.push_back({"kp_fault", "kprobe:" + it->second, Attach::kKprobe, it->second, ""});
+      plan_.push_back({"kr_fault", "kretprobe:" + it->second, Attach::kKretprobe, it->second, ""});
+      handler = true;
+    }
+    auto mpf = syms.find("kvm_mmu_page_fault");
+    if (!handler && mpf != syms.end()) {
+      plan_.push_back({"kp_mmu_page_fault", "kprobe:" + mpf->second, Attach::kKprobe, mpf->second, ""});
+      plan_.push_back({"kr_mmu_page_fault", "kretprobe:" + mpf->second, Attach::kKretprobe, mpf->second, ""});
+    } else {
+      plan_.push_back({"kp_mmu_page_fault", "kprobe:kvm_mmu_page_fault", Attach::kKprobe, "kvm_mmu_page_fault",
+                       handler ? "not needed: a fault handler symbol was found (fallback only)"
+                               : "symbol kvm_mmu_page_fault not in /proc/kallsyms"});
+    }
+  }
+
+  void PlanFentry(const KernelFacts& f, const std::map<std::string, std::string>& syms) {
+    auto add = [&](const char* entry, const char* exit, std::vector<const char*> candidates) {
+      std::string why;
+      for (const char* c : candidates) {
+        if (!f.btfFuncs.count(c)) {
+          why += std::string(why.empty() ? "" : "; ") + c + " not in BTF";
+          continue;
+        }
+        if (!syms.count(c)) {
+          why += std::string(why.empty() ? "" : "; ") + c + " not in /proc/kallsyms (inlined)";
+          continue;
+        }
+        plan_.push_back({entry, std::string("fentry:") + c, Attach::kFentry, c, ""});
+        plan_.push_back({exit, std::string("fexit:") + c, Attach::kFexit, c, ""});
+        return;
+      }
+      plan_.push_back({entry, std::string("fentry:") + candidates[0], Attach::kFentry, candidates[0], why});
+      plan_.push_back({exit, std::string("fexit:") + candidates[0], Attach::kFexit, candidates[0], why});
+    };
+    add("fe_faultin", "fx_faultin", {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"});
+    add("fe_fault_tdp", "fx_fault_tdp", {"kvm_tdp_page_fault"});
+    add("fe_fault_shadow", "fx_fault_shadow", {"paging64_page_fault"});
+  }
+
+  // open(options) -> { retPf, rangeIsGfn, btf, probes }
+  Napi::Value Open(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (skel_) return Throw(env, "EBUSY", EBUSY, "tracer already open: close() it first");
+    Napi::Object o = info[0].As<Napi::Object>();
+    std::string mode = o.Get("mode").As<Napi::String>();
+    mode_ = mode == "kprobe" ? Mode::kKprobe : mode == "fentry" ? Mode::kFentry : Mode::kTracepoint;
+    verbose_ = o.Get("verbose").ToBoolean();
+    const uint32_t pid = o.Get("pid").IsNumber() ? o.Get("pid").As<Napi::Number>().Uint32Value() : 0;
+    const uint32_t ringBytes = o.Get("ringBytes").As<Napi::Number>().Uint32Value();
+    const uint64_t wakeupBytes = o.Get("wakeupBytes").As<Napi::Number>().Int64Value();
+    const bool coalesce = o.Get("coalesce").ToBoolean();
+    const bool exits = o.Get("exits").ToBoolean();
+    const bool raw = o.Get("rawTracepoints").ToBoolean();
+    plan_.clear();
+    log_.clear();
+    CollectScope scope(&log_, verbose_);
+
+    if (geteuid() != 0)
+      return Throw(env, "EPERM", EPERM,
+                   "loading BPF programs needs root (CAP_BPF + CAP_PERFMON): run as root, e.g. with sudo");
+    if (!Exists("/sys/kernel/btf/vmlinux"))
+      return Throw(env, "NO_BTF", ENOENT,
+                   "no BTF at /sys/kernel/btf/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y for CO-RE");
+
+    // Kernel facts from BTF: RET_PF_* values, range unit, typed tracepoints, traceable functions.
+    KernelFacts facts;
+    struct btf* vmlinux = btf__load_vmlinux_btf();
+    if (!vmlinux) {
+      int err = errno;
+      return Throw(env, "NO_BTF", err, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(err)));
+    }
+    ScanBtf(vmlinux, facts);
+    facts.btfSources = "/sys/kernel/btf/vmlinux";
+    if (Exists("/sys/kernel/btf/kvm")) {  // kvm built as a module: its types are split BTF
+      struct btf* kvm = btf__load_module_btf("kvm", vmlinux);
+      if (kvm) {
+        ScanBtf(kvm, facts);
+        facts.btfSources += " + /sys/kernel/btf/kvm";
+        btf__free(kvm);
+      }
+    }
+    btf__free(vmlinux);
+    if (!facts.haveKvm)
+      return Throw(env, "NO_KVM", ENOENT,
+                   "KVM is not in this kernel's BTF (no struct kvm_vcpu in " + facts.btfSources +
+                       "): load the kvm module (modprobe kvm_intel or kvm_amd) or use a kernel with KVM");
+
+    std::set<std::string> want(std::begin(kFaultinCandidates), std::end(kFaultinCandidates));
+    want.insert(std::begin(kHandlerCandidates), std::end(kHandlerCandidates));
+    want.insert("kvm_mmu_page_fault");
+    if (mode_ == Mode::kKprobe) {
+      PlanKprobes(KallsymsLookup(want));
+      PlanTracepoints(facts, raw, false);
+      std::string why = KprobeUnavailableReason();
+      if (!why.empty()) {
+        for (auto& p : plan_) p.reason = p.reason.empty() ? "mode kprobe unavailable: " + why : p.reason;
+        return Throw(env, "MODE_UNAVAILABLE", EOPNOTSUPP, why, true);
+      }
+    } else if (mode_ == Mode::kFentry) {
+      PlanFentry(facts, KallsymsLookup(want));
+      PlanTracepoints(facts, raw, false);
+    } else {
+      PlanTracepoints(facts, raw, true);
+    }
+    // The mode needs at least one of its own fault probes (the shared MAP/INVALIDATE tracepoints
+    // alone would make kprobe/fentry mode a mislabelled tracepoint mode).
+    const char* own = mode_ == Mode::kKprobe ? "kp_" : mode_ == Mode::kFentry ? "fe_" : nullptr;
+    bool any = false;
+    for (auto& p : plan_) {
+      if (!p.reason.empty()) continue;
+      if (own ? p.prog.rfind(own, 0) == 0
+              : (p.prog.find("spte_requested") != std::string::npos || IsFaultEntryTp(p.prog.substr(3))))
+        any = true;
+    }
+    if (!any)
+      return Throw(env, "NO_KVM_PROBES", ENOENT,
+                   "none of this mode's KVM fault probe points exists on this kernel (see .probes for each)", true);
+
+    skel_ = kvmfault_bpf__open();
+    if (!skel_) {
+      int err = errno;
+      return Throw(env, "OPEN_FAILED", err, "opening the BPF object failed: " + Tail(log_, 3));
+    }
+    // Only the planned programs load; everything else is switched off.
+    struct bpf_program* prog;
+    bpf_object__for_each_program(prog, skel_->obj) bpf_program__set_autoload(prog, false);
+    for (auto& p : plan_) {
+      if (!p.reason.empty()) continue;
+      struct bpf_program* pr = Prog(p.prog);
+      if (!pr) {
+        p.reason = "program " + p.prog + " missing from the object (build mismatch)";
+        continue;
+      }
+      bpf_program__set_autoload(pr, true);
+      if (p.how == Attach::kFentry || p.how == Attach::kFexit) bpf_program__set_attach_target(pr, 0, p.target.c_str());
+    }
+    auto* ro = skel_->rodata;
+    ro->targ_tgid = pid;
+    ro->coalesce = coalesce;
+    ro->emit_exits = exits;
+    ro->range_is_gfn = facts.rangeIsGfn;
+    ro->wakeup_bytes = wakeupBytes;
+    uint64_t key = 0;
+    if (getrandom(&key, sizeof key, 0) != sizeof key) key = (uint64_t)time(nullptr) * 0x9e3779b97f4a7c15ULL;
+    ro->vm_id_key = key;
+    auto rp = [&](const char* n) -> int32_t {
+      auto it = facts.retPf.find(n);
+      return it == facts.retPf.end() ? INT32_MIN : (int32_t)it->second;
+    };
+    ro->ret_pf_continue = rp("RET_PF_CONTINUE");
+    ro->ret_pf_retry = rp("RET_PF_RETRY");
+    ro->ret_pf_emulate = rp("RET_PF_EMULATE");
+    ro->ret_pf_fixed = rp("RET_PF_FIXED");
+    ro->ret_pf_spurious = rp("RET_PF_SPURIOUS");
+    int err = bpf_map__set_max_entries(skel_->maps.ring, ringBytes);
+    if (err) return Throw(env, "EINVAL", err, "ring size " + std::to_string(ringBytes) + " rejected by libbpf");
+
+    napi_add_env_cleanup_hook(env_, CleanupHook, this);
+    hooked_ = true;
+
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Object retPf = Napi::Object::New(env);
+    for (auto& kv : facts.retPf) retPf.Set(kv.first, Napi::Number::New(env, (double)kv.second));
+    out.Set("retPf", retPf);
+    out.Set("rangeIsGfn", facts.rangeIsGfn);
+    out.Set("btf", facts.btfSources);
+    out.Set("probes", PlanArray(env));
+    return out;
+  }
+
+  Napi::Value Load(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!skel_) return Throw(env, "ECLOSED", EBADF, "tracer is not open");
+    CollectScope scope(&log_, verbose_);
+    int err = kvmfault_bpf__load(skel_);
+    if (err) {
+      err = err < 0 ? -err : err;
+      std::string what = mode_ == Mode::kFentry ? "fentry" : mode_ == Mode::kKprobe ? "kprobe" : "tracepoint";
+      for (auto& p : plan_)
+        if (p.reason.empty()) p.reason = what + ": load failed: " + strerror(err);
+      if (err == EPERM || err == EACCES)
+        return Throw(env, mode_ == Mode::kFentry ? "MODE_UNAVAILABLE" : "EPERM", err,
+                     what + ": " + strerror(err) +
+                         (mode_ == Mode::kFentry ? " (this kernel does not allow fentry/fexit programs: lockdown or "
+                                                  "policy; use mode 'tracepoint' or 'kprobe')"
+                                                : " (run as root; check kernel.unprivileged_bpf_disabled and lockdown)") +
+                         "\nlibbpf: " + Tail(log_, 4),
+                     true);
+      return Throw(env, "LOAD_FAILED", err,
+                   what + " programs failed to load: " + strerror(err) + "\nlibbpf: " + Tail(log_, 8), true);
+    }
+    loaded_ = true;
+    return env.Undefined();
+  }
+
+  Napi::Value AttachAll(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!loaded_) return Throw(env, "ECLOSED", EBADF, "tracer is not loaded");
+    CollectScope scope(&log_, verbose_);
+    for (auto& p : plan_) {
+      if (!p.reason.empty() || p.attached) continue;
+      struct bpf_program* pr = Prog(p.prog);
+      struct bpf_link* link = nullptr;
+      switch (p.how) {
+        case Attach::kTpBtf:
+        case Attach::kFentry:
+        case Attach::kFexit:
+          link = bpf_program__attach_trace(pr);
+          break;
+        case Attach::kRawTp:
+          link = bpf_program__attach_raw_tracepoint(pr, p.target.c_str());
+          break;
+        case Attach::kKprobe:
+        case Attach::kKretprobe:
+          link = bpf_program__attach_kprobe(pr, p.how == Attach::kKretprobe, p.target.c_str());
+          break;
+      }
+      if (!link) {
+        int err = errno;
+        p.reason = std::string("attach failed: ") + strerror(err);
+        continue;
+      }
+      links_.push_back(link);
+      p.attached = true;
+    }
+    return PlanArray(env);
+  }
+
+  Napi::Value RingFd(const Napi::CallbackInfo& info) {
+    if (!loaded_) return Throw(info.Env(), "ECLOSED", EBADF, "tracer is not loaded");
+    return Napi::Number::New(info.Env(), bpf_map__fd(skel_->maps.ring));
+  }
+
+  // { submitted, dropped, bpfStatsEnabled, programs: [{ name, runCount, runTimeNs }] }
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object out = Napi::Object::New(env);
+    if (!loaded_) {
+      out.Set("submitted", 0);
+      out.Set("dropped", 0);
+      out.Set("bpfStatsEnabled", false);
+      out.Set("programs", Napi::Array::New(env));
+      return out;
+    }
+    out.Set("submitted", (double)__atomic_load_n(&skel_->bss->kf_submitted, __ATOMIC_RELAXED));
+    out.Set("dropped", (double)__atomic_load_n(&skel_->bss->kf_dropped, __ATOMIC_RELAXED));
+    int enabled = 0;
+    if (FILE* f = fopen("/proc/sys/kernel/bpf_stats_enabled", "r")) {
+      if (fscanf(f, "%d", &enabled) != 1) enabled = 0;
+      fclose(f);
+    }
+    out.Set("bpfStatsEnabled", enabled != 0);
+    Napi::Array progs = Napi::Array::New(env);
+    uint32_t n = 0;
+    struct bpf_program* prog;
+    bpf_object__for_each_program(prog, skel_->obj) {
+      int fd = bpf_program__fd(prog);
+      if (fd < 0) continue;
+      struct bpf_prog_info pi = {};
+      __u32 len = sizeof pi;
+      if (bpf_obj_get_info_by_fd(fd, &pi, &len)) continue;
+      Napi::Object p = Napi::Object::New(env);
+      p.Set("name", bpf_program__name(prog));
+      p.Set("runCount", (double)pi.run_cnt);  // counted only while kernel.bpf_stats_enabled=1
+      p.Set("runTimeNs", (double)pi.run_time_ns);
+      progs.Set(n++, p);
+    }
+    out.Set("programs", progs);
+    return out;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Destroy();
+    return info.Env().Undefined();
+  }
+};
+
+Napi::Object InitTracer(Napi::Env env, Napi::Object exports) {
+  libbpf_set_print(LibbpfPrint);
+  exports.Set("Tracer", Tracer::Define(env));
+  return exports;
+}
+
+}  // namespace
+}  // namespace kvmfault
+
+KVMFAULT_REGISTER(tracer, kvmfault::InitTracer);

@@ -1,0 +1,612 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kvmfault.bpf.c - the KVM x86 MMU fault-path probes. One object, three probe sets; the loader
+ * (native/addon/tracer.cc) switches programs on and off with bpf_program__set_autoload at open:
+ *
+ *   tracepoint (tb_* typed tp_btf, rt_* raw_tracepoint fallback):
+ *     FAULT  kvmmmu:kvm_mmu_pagetable_walk (shadow paging) / kvm:kvm_page_fault (VMX/SVM)
+ *     MAP    kvmmmu:kvm_mmu_spte_requested (struct kvm_page_fault *)
+ *     INVALIDATE_START kvm:kvm_unmap_hva_range
+ *     EXIT   kvm:kvm_exit (also remembers the thread's vCPU)
+ *   kprobe (kp_/kr_): FAULT/FAULT_RET on the page-fault handlers, FAULTIN/FAULTIN_RET on the
+ *     fault-in function; targets resolved from kallsyms at attach time (SEC("kprobe") has none).
+ *   fentry (fe_/fx_): the same points, typed; targets set with bpf_program__set_attach_target.
+ * MAP / INVALIDATE / EXIT tracepoints are attached in every mode; the FAULT-entry tracepoints
+ * only in tracepoint mode (the handler probes give FAULT otherwise).
+ *
+ * Every record goes through emit() -> ring_submit.bpf.h (drop counter, wakeup_bytes policy).
+ */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "events.h"
+#include "kvm_core.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* ---- settings (rodata, written by the loader between open and load) ---------------------- */
+const volatile __u32 targ_tgid = 0;          /* 0: every process */
+const volatile bool coalesce = false;         /* fold identical consecutive records per tid+kind */
+const volatile __u64 coalesce_flush_ns = 100000000; /* emit a fold at least this often */
+const volatile __u32 coalesce_max = 1u << 20; /* ... or when it stands for this many events */
+const volatile bool emit_exits = false;       /* EXIT records (kvm_exit fires on every exit) */
+const volatile bool range_is_gfn = false;     /* kvm->mmu_invalidate_range_* unit (see kvm_core) */
+const volatile __u64 vm_id_key = 0;           /* random per tracer: vm_id is not a kernel pointer */
+/* RET_PF_* of this kernel, from its BTF (an anonymous enum: CO-RE cannot relocate it). The
+ * probes record ret as is; the values live here so the loaded object states what it was loaded
+ * with (bpftool map dump of .rodata) and in-kernel filters can use them without hard-coding. */
+const volatile __s32 ret_pf_continue = KF_UNKNOWN_RET;
+const volatile __s32 ret_pf_retry = KF_UNKNOWN_RET;
+const volatile __s32 ret_pf_emulate = KF_UNKNOWN_RET;
+const volatile __s32 ret_pf_fixed = KF_UNKNOWN_RET;
+const volatile __s32 ret_pf_spurious = KF_UNKNOWN_RET;
+
+#include "ring_submit.bpf.h"
+
+/* ---- maps ---------------------------------------------------------------------------------- */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);  /* loader: bpf_map__set_max_entries(ringBytes) */
+} ring SEC(".maps");
+
+/* tid -> struct kvm_vcpu *, learned from probes that have the vCPU (kvm_exit, kvm_page_fault,
+ * kprobe/fentry args) for probes that only have the fault. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} vcpu_of_tid SEC(".maps");
+
+/* tgid -> struct kvm * seen last: the VM an invalidation in that process belongs to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} kvm_of_tgid SEC(".maps");
+
+/* entry -> return pairing (kprobe/kretprobe, fentry/fexit), per thread. depth: the handlers
+ * nest on some kernels (kvm_tdp_page_fault -> direct_page_fault on 6.1): one FAULT per fault. */
+struct entry_ctx {
+	__u64 vcpu;
+	__u64 fault;
+	__u64 gpa;
+	__u64 error_code;
+	__u32 depth;
+	__u32 pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct entry_ctx);
+} handler_ctx SEC(".maps"), faultin_ctx SEC(".maps");
+
+/* coalescing: (tid << 8 | kind) -> the last record emitted and how many identical ones since */
+struct fold {
+	struct kvmfault_event last;
+	__u64 first_ts;   /* time of the first folded event not yet emitted */
+	__u32 folded;     /* identical events since `last` was emitted */
+	__u32 pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct fold);
+} folds SEC(".maps");
+
+/* ---- record helpers ------------------------------------------------------------------------ */
+
+/* Keyed mix of the struct kvm pointer (splitmix64 finaliser): stable per VM for this tracer,
+ * not invertible to the pointer without the per-tracer key. */
+static __always_inline __u64 vm_hash(__u64 kvm)
+{
+	__u64 x = kvm ^ vm_id_key;
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+/* Every field unknown, identity of the current thread filled in. Returns false when the
+ * pid filter rejects the thread. */
+static __always_inline bool begin(struct kvmfault_event *e, __u16 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (targ_tgid && tgid != targ_tgid)
+		return false;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = tgid;
+	e->tid = (__u32)id;
+	e->vm_id = KF_UNKNOWN_U64;
+	e->vcpu_id = KF_UNKNOWN_U32;
+	e->kind = kind;
+	e->flags = 0;
+	e->gpa = KF_UNKNOWN_U64;
+	e->error_code = KF_UNKNOWN_U64;
+	e->hva = KF_UNKNOWN_U64;
+	e->pfn = KF_UNKNOWN_U64;
+	e->rip = KF_UNKNOWN_U64;
+	e->mmu_seq = KF_UNKNOWN_U64;
+	e->fault_seq = KF_UNKNOWN_U64;
+	e->in_progress = KF_UNKNOWN_S64;
+	e->range_start = KF_UNKNOWN_U64;
+	e->range_end = KF_UNKNOWN_U64;
+	e->ret = KF_UNKNOWN_RET;
+	e->repeat = 1;
+	return true;
+}
+
+static __always_inline void remember_kvm(__u32 tgid, struct kvm *kvm)
+{
+	__u64 k = (__u64)kvm;
+	__u64 *seen = bpf_map_lookup_elem(&kvm_of_tgid, &tgid);
+	if (!seen || *seen != k)
+		bpf_map_update_elem(&kvm_of_tgid, &tgid, &k, BPF_ANY);
+}
+
+/* The VM's invalidation state and the vCPU's identity and RIP. */
+static __always_inline void fill_vcpu(struct kvmfault_event *e, struct kvm_vcpu *vcpu)
+{
+	if (!vcpu)
+		return;
+	struct kvm *kvm = BPF_CORE_READ(vcpu, kvm);
+	if (!kvm)
+		return;
+	e->vcpu_id = BPF_CORE_READ(vcpu, vcpu_id);
+	e->vm_id = vm_hash((__u64)kvm);
+	remember_kvm(e->pid, kvm);
+
+	/* RIP from the register cache: fresh only if the exit path marked it available */
+	int rip_idx = bpf_core_enum_value(enum kvm_reg, VCPU_REGS_RIP);
+	if (rip_idx >= 0 && rip_idx < 17) {
+		e->rip = BPF_CORE_READ(vcpu, arch.regs[rip_idx]);
+		if (bpf_core_field_exists(vcpu->arch.regs_avail) &&
+		    !(BPF_CORE_READ(vcpu, arch.regs_avail) & (1u << rip_idx)))
+			e->flags |= KF_FLAG_RIP_STALE;
+	}
+
+	e->mmu_seq = kvm_invalidate_seq(kvm);
+	e->in_progress = kvm_invalidate_in_progress(kvm);
+	kvm_invalidate_range(kvm, &e->range_start, &e->range_end);
+	if (range_is_gfn)
+		e->flags |= KF_FLAG_RANGE_GFN;
+}
+
+/* What a struct kvm_page_fault says about the fault. */
+static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page_fault *fault)
+{
+	if (!fault)
+		return;
+	__u64 gfn = BPF_CORE_READ(fault, gfn);
+	bool tdp = BPF_CORE_READ(fault, is_tdp);
+	/* fault->addr is a guest-virtual address under shadow paging: gfn is the physical page */
+	e->gpa = tdp ? BPF_CORE_READ(fault, addr) : gfn << 12;
+	e->error_code = fault_error_code(fault);
+	e->hva = fault_hva(fault, gfn);
+	e->fault_seq = fault_seq(fault);
+	if (BPF_CORE_READ(fault, write))
+		e->flags |= KF_FLAG_WRITE;
+	if (BPF_CORE_READ(fault, exec))
+		e->flags |= KF_FLAG_EXEC;
+	if (BPF_CORE_READ(fault, present))
+		e->flags |= KF_FLAG_PRESENT;
+	if (tdp)
+		e->flags |= KF_FLAG_TDP;
+}
+
+/* The vCPU running on this thread, for probes that do not get it as an argument.
+ * kvm_running_vcpu (per-CPU) would be the direct way, but a __ksym needs data symbols in
+ * kallsyms (CONFIG_KALLSYMS_ALL), which some kernels lack (KERNELS.md). Instead: vcpu_load()
+ * registers vcpu->preempt_notifier on current->preempt_notifiers for the whole KVM_RUN, and
+ * KVM is the only in-tree user of preempt notifiers, so the list head is that vCPU's notifier.
+ * Fallback: the vCPU a typed probe saw last on this thread. */
+static __always_inline struct kvm_vcpu *current_vcpu(void)
+{
+	if (bpf_core_field_exists(struct task_struct, preempt_notifiers)) {
+		struct task_struct *task = (void *)bpf_get_current_task();
+		struct hlist_node *n = BPF_CORE_READ(task, preempt_notifiers.first);
+		if (n)
+			return (void *)((char *)n -
+					bpf_core_field_offset(struct kvm_vcpu, preempt_notifier) -
+					bpf_core_field_offset(struct preempt_notifier, link));
+	}
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 *v = bpf_map_lookup_elem(&vcpu_of_tid, &tid);
+	return v ? (struct kvm_vcpu *)*v : NULL;
+}
+
+static __always_inline void remember_vcpu(struct kvm_vcpu *vcpu)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 v = (__u64)vcpu;
+	__u64 *seen = bpf_map_lookup_elem(&vcpu_of_tid, &tid);
+	if (!seen || *seen != v)
+		bpf_map_update_elem(&vcpu_of_tid, &tid, &v, BPF_ANY);
+}
+
+static __always_inline void submit_copy(const struct kvmfault_event *src)
+{
+	struct kvmfault_event *e = kf_reserve(&ring, sizeof(*e));  /* counts a drop when full */
+	if (!e)
+		return;
+	__builtin_memcpy(e, src, sizeof(*e));
+	kf_submit(&ring, e);
+}
+
+/* Identical = every field but the time (pid/tid are the key, repeat is the count). */
+static __always_inline bool same_record(const struct kvmfault_event *a, const struct kvmfault_event *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	/* words 2..14: vm_id .. range_end; then ret (word 14 low half) */
+#pragma unroll
+	for (int i = 2; i < 14; i++)
+		if (x[i] != y[i])
+			return false;
+	return a->ret == b->ret;
+}
+
+/*
+ * Hand a finished record to user space. With coalescing, the first of a run of identical
+ * records (same tid, same kind) goes out at once with repeat = 1; the identical ones after it
+ * are counted and go out as ONE record with repeat = N and KF_FLAG_COALESCED when a different
+ * record of that kind arrives, every coalesce_flush_ns, or at coalesce_max. Its ts_ns is the
+ * last folded event's. The sum of repeat over records is the number of events.
+ */
+static __always_inline void emit(struct kvmfault_event *e)
+{
+	if (!coalesce) {
+		submit_copy(e);
+		return;
+	}
+	__u64 key = ((__u64)e->tid << 8) | e->kind;
+	struct fold *f = bpf_map_lookup_elem(&folds, &key);
+	if (f && same_record(&f->last, e)) {
+		if (f->folded == 0)
+			f->first_ts = e->ts_ns;
+		f->folded++;
+		f->last.ts_ns = e->ts_ns;
+		if (e->ts_ns - f->first_ts >= coalesce_flush_ns || f->folded >= coalesce_max) {
+			f->last.repeat = f->folded;
+			f->last.flags |= KF_FLAG_COALESCED;
+			submit_copy(&f->last);
+			f->last.flags &= ~KF_FLAG_COALESCED;
+			f->last.repeat = 1;
+			f->folded = 0;
+		}
+		return;
+	}
+	if (f) {
+		if (f->folded) {  /* the run that just ended */
+			f->last.repeat = f->folded;
+			f->last.flags |= KF_FLAG_COALESCED;
+			submit_copy(&f->last);
+		}
+		__builtin_memcpy(&f->last, e, sizeof(*e));
+		f->folded = 0;
+	} else {
+		struct fold nf = {};
+		__builtin_memcpy(&nf.last, e, sizeof(*e));
+		bpf_map_update_elem(&folds, &key, &nf, BPF_ANY);
+	}
+	submit_copy(e);
+}
+
+/* ---- shared handlers (one body per point, called by the tp_btf / raw_tp / kprobe / fentry
+ * programs below) ---------------------------------------------------------------------------- */
+
+static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr)
+{
+	struct kvmfault_event e;
+	if (!begin(&e, KF_FAULT))
+		return 0;
+	/* Shadow paging walks the guest's tables for a guest-VIRTUAL address: addr is a gva here
+	 * (identical to the gpa only for identity-mapped guests). No vCPU argument. */
+	e.gpa = addr;
+	e.error_code = pferr;
+	fill_vcpu(&e, current_vcpu());
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, __u64 error_code)
+{
+	struct kvmfault_event e;
+	if (!begin(&e, KF_FAULT))
+		return 0;
+	remember_vcpu(vcpu);
+	e.gpa = addr;
+	e.error_code = error_code;
+	fill_vcpu(&e, vcpu);
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_spte_requested(struct kvm_page_fault *fault)
+{
+	struct kvmfault_event e;
+	if (!begin(&e, KF_MAP))
+		return 0;
+	fill_vcpu(&e, current_vcpu());
+	fill_fault(&e, fault);
+	e.pfn = BPF_CORE_READ(fault, pfn);
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_unmap_hva_range(__u64 start, __u64 end)
+{
+	struct kvmfault_event e;
+	if (!begin(&e, KF_INVALIDATE_START))
+		return 0;
+	/* Runs in the thread that changed the mapping (madvise, munmap, reclaim...), not a vCPU;
+	 * the tracepoint has no kvm argument: the VM is the one this process ran last. */
+	__u64 *kvm = bpf_map_lookup_elem(&kvm_of_tgid, &e.pid);
+	if (kvm)
+		e.vm_id = vm_hash(*kvm);
+	e.range_start = start;  /* always hva here, whatever the kernel's kvm range unit */
+	e.range_end = end;
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu)
+{
+	remember_vcpu(vcpu);
+	if (!emit_exits)
+		return 0;
+	struct kvmfault_event e;
+	if (!begin(&e, KF_EXIT))
+		return 0;
+	fill_vcpu(&e, vcpu);  /* trace_kvm_exit reads RIP through the cache: fresh here */
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault,
+					  __u64 gpa, __u64 error_code)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct entry_ctx *c = bpf_map_lookup_elem(&handler_ctx, &tid);
+	if (!c) {
+		struct entry_ctx z = {};
+		bpf_map_update_elem(&handler_ctx, &tid, &z, BPF_ANY);
+		c = bpf_map_lookup_elem(&handler_ctx, &tid);
+		if (!c)
+			return 0;
+	}
+	if (c->depth++ > 0)  /* nested handler of the same fault */
+		return 0;
+	c->vcpu = (__u64)vcpu;
+	c->fault = (__u64)fault;
+	c->gpa = gpa;
+	c->error_code = error_code;
+	remember_vcpu(vcpu);
+
+	struct kvmfault_event e;
+	if (!begin(&e, KF_FAULT))
+		return 0;
+	fill_vcpu(&e, vcpu);
+	if (fault)
+		fill_fault(&e, fault);
+	else {
+		e.gpa = gpa;
+		e.error_code = error_code;
+	}
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_fault_return(int ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct entry_ctx *c = bpf_map_lookup_elem(&handler_ctx, &tid);
+	if (!c || c->depth == 0)
+		return 0;  /* attached mid-fault: no entry seen */
+	if (--c->depth > 0)
+		return 0;
+	struct kvmfault_event e;
+	if (!begin(&e, KF_FAULT_RET))
+		return 0;
+	fill_vcpu(&e, (struct kvm_vcpu *)c->vcpu);
+	if (c->fault) {
+		fill_fault(&e, (struct kvm_page_fault *)c->fault);
+		e.pfn = BPF_CORE_READ((struct kvm_page_fault *)c->fault, pfn);
+	} else {
+		e.gpa = c->gpa;
+		e.error_code = c->error_code;
+	}
+	e.ret = ret;
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct entry_ctx c = { .vcpu = (__u64)vcpu, .fault = (__u64)fault, .depth = 1 };
+	bpf_map_update_elem(&faultin_ctx, &tid, &c, BPF_ANY);
+	remember_vcpu(vcpu);
+	struct kvmfault_event e;
+	if (!begin(&e, KF_FAULTIN))
+		return 0;
+	fill_vcpu(&e, vcpu);
+	fill_fault(&e, fault);  /* pfn not resolved yet: stays unknown */
+	emit(&e);
+	return 0;
+}
+
+static __always_inline int on_faultin_return(int ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct entry_ctx *c = bpf_map_lookup_elem(&faultin_ctx, &tid);
+	if (!c || !c->depth)
+		return 0;
+	c->depth = 0;
+	struct kvmfault_event e;
+	if (!begin(&e, KF_FAULTIN_RET))
+		return 0;
+	struct kvm_page_fault *fault = (struct kvm_page_fault *)c->fault;
+	fill_vcpu(&e, (struct kvm_vcpu *)c->vcpu);
+	fill_fault(&e, fault);
+	e.pfn = BPF_CORE_READ(fault, pfn);
+	e.ret = ret;
+	emit(&e);
+	return 0;
+}
+
+/* ---- tracepoint set: tp_btf (typed) ---------------------------------------------------------- */
+
+SEC("tp_btf/kvm_mmu_pagetable_walk")
+int BPF_PROG(tb_pagetable_walk, __u64 addr, __u32 pferr)
+{
+	return on_pagetable_walk(addr, pferr);
+}
+
+SEC("tp_btf/kvm_page_fault")
+int BPF_PROG(tb_page_fault, struct kvm_vcpu *vcpu, __u64 addr, __u64 error_code)
+{
+	return on_page_fault_tp(vcpu, addr, error_code);
+}
+
+SEC("tp_btf/kvm_mmu_spte_requested")
+int BPF_PROG(tb_spte_requested, struct kvm_page_fault *fault)
+{
+	return on_spte_requested(fault);
+}
+
+SEC("tp_btf/kvm_unmap_hva_range")
+int BPF_PROG(tb_unmap_hva_range, unsigned long start, unsigned long end)
+{
+	return on_unmap_hva_range(start, end);
+}
+
+SEC("tp_btf/kvm_exit")
+int BPF_PROG(tb_kvm_exit, struct kvm_vcpu *vcpu)
+{
+	return on_kvm_exit(vcpu);
+}
+
+/* ---- tracepoint set: raw_tracepoint (untyped args, same order as TP_PROTO) ----------------- */
+
+SEC("raw_tp/kvm_mmu_pagetable_walk")
+int rt_pagetable_walk(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_pagetable_walk(ctx->args[0], (__u32)ctx->args[1]);
+}
+
+SEC("raw_tp/kvm_page_fault")
+int rt_page_fault(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_page_fault_tp((struct kvm_vcpu *)ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+SEC("raw_tp/kvm_mmu_spte_requested")
+int rt_spte_requested(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_spte_requested((struct kvm_page_fault *)ctx->args[0]);
+}
+
+SEC("raw_tp/kvm_unmap_hva_range")
+int rt_unmap_hva_range(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_unmap_hva_range(ctx->args[0], ctx->args[1]);
+}
+
+SEC("raw_tp/kvm_exit")
+int rt_kvm_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_kvm_exit((struct kvm_vcpu *)ctx->args[0]);
+}
+
+/* ---- kprobe set (targets from kallsyms at attach) ------------------------------------------ */
+
+/* fault handlers taking (vcpu, fault): kvm_tdp_page_fault, direct_page_fault, paging64_page_fault */
+SEC("kprobe")
+int BPF_KPROBE(kp_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+{
+	return on_fault_entry(vcpu, fault, 0, 0);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(kr_fault, int ret)
+{
+	return on_fault_return(ret);
+}
+
+/* fallback entry when no handler symbol exists: kvm_mmu_page_fault(vcpu, cr2_or_gpa, error_code, ...).
+ * Before 7c5480386300 (6.14) it folds RETRY/FIXED/SPURIOUS into 1: FAULT_RET ret is coarse. */
+SEC("kprobe")
+int BPF_KPROBE(kp_mmu_page_fault, struct kvm_vcpu *vcpu, __u64 gpa, __u64 error_code)
+{
+	return on_fault_entry(vcpu, NULL, gpa, error_code);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(kr_mmu_page_fault, int ret)
+{
+	return on_fault_return(ret);
+}
+
+/* kvm_mmu_faultin_pfn / kvm_faultin_pfn (vcpu, fault[, access]) */
+SEC("kprobe")
+int BPF_KPROBE(kp_faultin, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+{
+	return on_faultin_entry(vcpu, fault);
+}
+
+SEC("kretprobe")
+int BPF_KRETPROBE(kr_faultin, int ret)
+{
+	return on_faultin_return(ret);
+}
+
+/* ---- fentry set (targets set by the loader; these names are defaults for 6.18) ------------- */
+
+SEC("fentry/kvm_mmu_faultin_pfn")
+int BPF_PROG(fe_faultin, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+{
+	return on_faultin_entry(vcpu, fault);
+}
+
+SEC("fexit/kvm_mmu_faultin_pfn")
+int fx_faultin(__u64 *ctx)
+{
+	__u64 ret = 0;
+	bpf_get_func_ret(ctx, &ret);  /* independent of the function's argument count */
+	return on_faultin_return((int)ret);
+}
+
+SEC("fentry/kvm_tdp_page_fault")
+int BPF_PROG(fe_fault_tdp, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+{
+	return on_fault_entry(vcpu, fault, 0, 0);
+}
+
+SEC("fexit/kvm_tdp_page_fault")
+int fx_fault_tdp(__u64 *ctx)
+{
+	__u64 ret = 0;
+	bpf_get_func_ret(ctx, &ret);
+	return on_fault_return((int)ret);
+}
+
+SEC("fentry/paging64_page_fault")
+int BPF_PROG(fe_fault_shadow, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+{
+	return on_fault_entry(vcpu, fault, 0, 0);
+}
+
+SEC("fexit/paging64_page_fault")
+int fx_fault_shadow(__u64 *ctx)
+{
+	__u64 ret = 0;
+	bpf_get_func_ret(ctx, &ret);
+	return on_fault_return((int)ret);
+}

@@ -1,0 +1,124 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vmlinux_min.h - the few kernel types kvmfault.bpf.c reads, instead of a 134k-line vmlinux.h.
+ *
+ * Every struct carries preserve_access_index, so each field access is a CO-RE relocation that
+ * libbpf resolves against the running kernel's BTF (/sys/kernel/btf/vmlinux, or the kvm module's
+ * split BTF): only the field NAMES here must exist in the kernel, not these offsets or orders.
+ * Fields that were renamed or retyped between kernels have flavours in kvm_core.bpf.h.
+ * Exceptions: struct pt_regs is the x86-64 register frame (the kprobe context, a fixed ABI) and
+ * bpf_raw_tracepoint_args is UAPI.
+ */
+#ifndef __VMLINUX_H__
+#define __VMLINUX_H__
+
+typedef unsigned char __u8;
+typedef signed char __s8;
+typedef unsigned short __u16;
+typedef short __s16;
+typedef unsigned int __u32;
+typedef int __s32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef __u8 u8;
+typedef __u16 u16;
+typedef __u32 u32;
+typedef __u64 u64;
+typedef __s64 s64;
+typedef _Bool bool;
+enum { false = 0, true = 1 };
+typedef u64 gpa_t;
+typedef u64 gfn_t;
+typedef u64 kvm_pfn_t;
+
+/* UAPI values (stable ABI) */
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+enum { BPF_ANY = 0 };
+enum { BPF_RB_NO_WAKEUP = 1, BPF_RB_FORCE_WAKEUP = 2 };
+enum { BPF_RB_AVAIL_DATA = 0 };
+
+struct bpf_raw_tracepoint_args {
+	__u64 args[0];
+};
+
+#pragma clang attribute push (__attribute__((preserve_access_index)), apply_to = record)
+
+/* x86-64 register frame: the kprobe context (bpf_tracing.h PT_REGS_PARMn / PT_REGS_RC). */
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+struct hlist_node {
+	struct hlist_node *next, **pprev;
+};
+struct hlist_head {
+	struct hlist_node *first;
+};
+
+/* include/linux/preempt.h (CONFIG_PREEMPT_NOTIFIERS, selected by KVM) */
+struct preempt_notifier {
+	struct hlist_node link;
+	void *ops;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct hlist_head preempt_notifiers;
+};
+
+/* include/linux/kvm_host.h */
+struct kvm_memory_slot {
+	gfn_t base_gfn;
+	unsigned long npages;
+	unsigned long userspace_addr;
+};
+
+struct kvm {
+	unsigned long mmu_invalidate_seq;
+	long mmu_invalidate_in_progress;
+	gfn_t mmu_invalidate_range_start;
+	gfn_t mmu_invalidate_range_end;
+};
+
+/* arch/x86/include/asm/kvm_host.h */
+enum kvm_reg { VCPU_REGS_RIP = 16 };  /* UAPI-stable register index (kvm_regs order) */
+
+struct kvm_vcpu_arch {
+	unsigned long regs[17];
+	u32 regs_avail;
+};
+
+struct kvm_vcpu {
+	struct kvm *kvm;
+	struct preempt_notifier preempt_notifier;
+	int vcpu_id;
+	struct kvm_vcpu_arch arch;
+};
+
+/* arch/x86/kvm/mmu/mmu_internal.h (6.18 shape; older shapes in kvm_core.bpf.h) */
+struct kvm_page_fault {
+	const gpa_t addr;
+	const u64 error_code;
+	const bool prefetch;
+	const bool exec;
+	const bool write;
+	const bool present;
+	const bool is_tdp;
+	gfn_t gfn;
+	struct kvm_memory_slot *slot;
+	unsigned long mmu_seq;
+	kvm_pfn_t pfn;
+};
+
+#pragma clang attribute pop
+
+#endif /* __VMLINUX_H__ */
