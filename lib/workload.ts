@@ -384,7 +384,7 @@ function toResult(raw: RawInfo & { runs: RawRun[] }, o: NormalizedWorkloadOption
   if (runs.length > 0 && runs[0].pagesTouched > 0 && runs[0].faults === 0) {
     warnings.push(
       `the guest touched ${runs[0].pagesTouched} fresh pages but KVM counted no page faults: ` +
-        `KVM emulated the guest instead of running it (host detected as ${info.host}; try options.host)`,
+        `KVM emulated the guest instead of running it (guest set up for ${info.host}; check options.host)`,
     );
   }
   return { ...info, runs, total, warnings };
