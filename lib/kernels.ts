@@ -58,16 +58,20 @@ function parseVersion(text: string): { version: KernelVersion; rest: string } | 
   };
 }
 
-/** The real upstream version from /proc/version (Debian) or /proc/version_signature (Ubuntu), if present. */
-function versionFromProcText(procVersion: string | undefined): KernelVersion | null {
-  if (!procVersion) return null;
-  // Debian: "... #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-1 (2025-...)"
-  const deb = /Debian (\d+)\.(\d+)\.(\d+)/.exec(procVersion);
-  if (deb) return { major: Number(deb[1]), minor: Number(deb[2]), sublevel: Number(deb[3]) };
-  // Ubuntu /proc/version_signature: "Ubuntu 5.15.0-91.101-generic 5.15.131"
-  const ubu = /Ubuntu \S+ (\d+)\.(\d+)\.(\d+)\s*$/.exec(procVersion.trim());
-  if (ubu) return { major: Number(ubu[1]), minor: Number(ubu[2]), sublevel: Number(ubu[3]) };
-  return null;
+/**
+ * Candidate upstream versions from /proc/version (Debian: "... Debian 6.1.192-1 (2025-...)"; the
+ * same text also names the compiler, "Debian 12.2.0-14") or /proc/version_signature (Ubuntu:
+ * "Ubuntu 5.15.0-91.101-generic 5.15.131"). The caller keeps the one of the release's x.y line.
+ */
+function versionsFromProcText(procVersion: string | undefined): KernelVersion[] {
+  if (!procVersion) return [];
+  const out: KernelVersion[] = [];
+  for (const m of procVersion.matchAll(/Debian (\d+)\.(\d+)\.(\d+)/g)) {
+    out.push({ major: Number(m[1]), minor: Number(m[2]), sublevel: Number(m[3]) });
+  }
+  const ubu = /^Ubuntu \S+ (\d+)\.(\d+)\.(\d+)\s*$/.exec(procVersion.trim());
+  if (ubu) out.push({ major: Number(ubu[1]), minor: Number(ubu[2]), sublevel: Number(ubu[3]) });
+  return out;
 }
 
 function cmp(a: KernelVersion, major: number, minor: number): number {
@@ -123,10 +127,10 @@ export function judgeKernel(release: string, procVersion?: string): KernelInfo {
     return { release, version: null, versionSource: 'none', affected: null, status: 'unknown', certain: false,
       reason: `cannot read a version from kernel release "${release}" (expected e.g. 6.1.52 or 6.1.0-56-amd64)` };
   }
-  const fromProc = versionFromProcText(procVersion);
   const { version, rest } = parsed;
+  const fromProc = versionsFromProcText(procVersion).find((v) => v.major === version.major && v.minor === version.minor);
   const isAbi = version.sublevel === 0 && (DEBIAN_ABI.test(rest) || UBUNTU_ABI.test(rest));
-  if (fromProc && fromProc.major === version.major && fromProc.minor === version.minor) {
+  if (fromProc) {
     return { release, version: fromProc, versionSource: 'proc-version', ...judgeVersion(fromProc, null) };
   }
   if (isAbi) {
@@ -143,7 +147,7 @@ export function hostKernel(): KernelInfo {
   for (const f of ['/proc/version_signature', '/proc/version']) {
     try {
       proc = readFileSync(f, 'utf8');
-      if (versionFromProcText(proc)) break;
+      if (versionsFromProcText(proc).length > 0) break;
     } catch {
       /* not present on this distro */
     }

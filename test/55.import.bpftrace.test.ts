@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { importBpftraceLog, looksLikeBpftraceLog } from '../lib/import/bpftrace';
+import { Flag, Kind, UNKNOWN } from '../lib/record';
+import { StaleFaultDetector } from '../lib/detector';
+import { fixturePath, prng } from './helpers/scenarios';
+
+const STUCK = readFileSync(fixturePath('stuck-seq-sign-extension.log'), 'utf8');
+const PROGRESS = readFileSync(fixturePath('progress-hugepage-zeroing.log'), 'utf8');
+
+describe('55 import: bpftrace logs of the incident', () => {
+  it('parses every field of a FAULTIN_RET line (hex without 0x, "hva = X (Y)", hits, timestamp)', () => {
+    const line = STUCK.split('\n')[4];
+    const { batch, skipped } = importBpftraceLog(line);
+    assert.equal(skipped, 0);
+    // first line of the thread: a FAULTIN standing for the 92239 earlier hits, then the FAULTIN_RET
+    assert.equal(batch.length, 2);
+    assert.equal(batch.kind(0), Kind.FAULTIN);
+    assert.equal(batch.repeat(0), 92239);
+    assert.ok(batch.flags(0) & Flag.COALESCED);
+    const e = batch.get(1);
+    assert.equal(e.kind, 'faultin_ret');
+    assert.equal(e.tsNs, ((21 * 60 + 25) * 60 + 50) * 1e9 + 282726_000);
+    assert.equal(e.tid, 3484173);
+    assert.equal(e.pid, 3484149);
+    assert.equal(e.rip, 'ffffffff814e6ca5');
+    assert.equal(e.gpa, 0x1343fa0b0);
+    assert.equal(e.hva, 0x7feb409fa000);
+    assert.equal(e.pfn, 0x18d1d46);
+    assert.equal(e.ret, 0);
+    assert.equal(e.mmuSeq, 0x8002dc25);
+    assert.equal(e.inProgress, 0);
+    assert.equal(e.rangeStart, 0x7feacde61000);
+    assert.equal(e.rangeEnd, 0x7feacde62000);
+    assert.equal(e.repeat, 1);
+    assert.equal(e.faultSeq, UNKNOWN, 'not in the log: unknown, not 0');
+    assert.equal(e.vcpuId, UNKNOWN);
+  });
+
+  it('the fixtures import with no skipped line; hit counters become attempts', () => {
+    const s = importBpftraceLog(STUCK);
+    assert.equal(s.lines, 13);
+    assert.equal(s.skipped, 0);
+    let attempts173 = 0;
+    for (let i = 0; i < s.batch.length; i++) if (s.batch.tid(i) === 3484173 && s.batch.kind(i) === Kind.FAULTIN) attempts173 += s.batch.repeat(i);
+    assert.equal(attempts173, 92239);
+    const p = importBpftraceLog(PROGRESS);
+    assert.equal(p.lines, 42);
+    assert.equal(p.skipped, 0);
+    assert.equal(p.ignored, 12, 'ITER lines make no record');
+    const kinds = new Set<string>();
+    for (let i = 0; i < p.batch.length; i++) kinds.add(p.batch.get(i).kind);
+    assert.deepEqual([...kinds].sort(), ['fault_ret', 'faultin', 'faultin_ret', 'map']);
+    for (let i = 0; i < p.batch.length; i++) if (p.batch.kind(i) === Kind.FAULT_RET) assert.equal(p.batch.ret(i), 4);
+  });
+
+  it('tolerates email quoting, CRLF and blank lines: same records as the plain log', () => {
+    const quoted = STUCK.split('\n').map((l, i) => (l ? (i % 3 === 0 ? '> > ' : i % 3 === 1 ? '> ' : '>') + l : l)).join('\r\n');
+    const a = importBpftraceLog(STUCK), b = importBpftraceLog('\n\n' + quoted + '\n\n');
+    assert.equal(b.skipped, 0);
+    assert.deepEqual(Buffer.from(b.batch.copy().recordBytes(0).buffer), Buffer.from(a.batch.copy().recordBytes(0).buffer));
+    assert.ok(looksLikeBpftraceLog(quoted));
+  });
+
+  it('counts garbage lines and reports the first ones with line numbers, keeps the good ones', () => {
+    const lines = STUCK.split('\n').filter(Boolean);
+    const text = ['hello world', lines[0], 'Attaching 7 probes...', lines[1], '21:25:50:282711 tid[x] pid[1] FAULTIN @ rip 1', lines[2],
+      '99:99:99:1 tid[1] pid[1] FAULTIN @ rip 1 (1 hits), gpa = 1', '21:25:50:1 tid[1] pid[1] BOGUS @ rip 1 (1 hits), gpa = 1',
+      '21:25:50:1 tid[1] pid[1] FAULTIN @ rip 1 (1 hits), hva = 1', '21:25:50:1 tid[1] pid[1] FAULTIN @ rip 1 (1 hits), gpa = zz'].join('\n');
+    const r = importBpftraceLog(text, { maxReported: 5 });
+    assert.equal(r.skipped, 7);
+    assert.equal(r.skippedLines.length, 5);
+    assert.deepEqual(r.skippedLines.map((s) => s.line), [1, 3, 5, 7, 8]);
+    assert.match(r.skippedLines[3].reason, /timestamp/);
+    assert.match(r.skippedLines[4].reason, /unknown line kind BOGUS/);
+    assert.equal(new Set(Array.from({ length: r.batch.length }, (_, i) => r.batch.tid(i))).size, 1);
+    assert.ok(!looksLikeBpftraceLog('just\ntext\n'));
+  });
+
+  it('a log crossing midnight keeps time moving forward', () => {
+    const t = (ts: string, hits: number) => `${ts} tid[5] pid[4] FAULTIN @ rip ffffffff81000000 (${hits} hits), gpa = 1000, hva = 7f0000001000, flags = 0 : MMU seq = 10, in-prog = 0, start = 0, end = 0`;
+    const r = importBpftraceLog([t('23:59:59:999000', 1), t('00:00:00:001000', 2)].join('\n'));
+    assert.equal(r.batch.tsNs(1) - r.batch.tsNs(0), 2_000_000);
+  });
+
+  it('fuzz: random and mutated input never throws; every record it makes is well-formed', function () {
+    this.timeout(20000);
+    const rnd = prng(0xc0ffee);
+    const base = (STUCK + PROGRESS).split('\n');
+    const alphabet = 'abcdef0123456789 :=,()[]>@-_xTIDPFAULTINRETMAPSPTE\t\r';
+    let records = 0;
+    for (let round = 0; round < 400; round++) {
+      const lines: string[] = [];
+      for (let k = 0; k < 30; k++) {
+        let l = base[Math.floor(rnd() * base.length)];
+        const mode = rnd();
+        if (mode < 0.3) {
+          // flip, insert or delete characters
+          const chars = l.split('');
+          for (let m = 0; m < 1 + rnd() * 5; m++) {
+            const at = Math.floor(rnd() * (chars.length + 1));
+            const c = alphabet[Math.floor(rnd() * alphabet.length)];
+            const op = rnd();
+            if (op < 0.33) chars[at] = c; else if (op < 0.66) chars.splice(at, 0, c); else chars.splice(at, 1);
+          }
+          l = chars.join('');
+        } else if (mode < 0.4) {
+          l = l.slice(0, Math.floor(rnd() * l.length));
+        } else if (mode < 0.5) {
+          l = Array.from({ length: Math.floor(rnd() * 120) }, () => String.fromCharCode(Math.floor(rnd() * 0x3000))).join('');
+        } else if (mode < 0.55) {
+          l = l.replace(/[0-9a-f]{6,}/, 'ffffffffffffffffffffffff');
+        }
+        lines.push(l);
+      }
+      const r = importBpftraceLog(lines.join('\n'));
+      assert.equal(r.lines, lines.join('\n').split('\n').filter((l) => l.replace(/\r$/, '').replace(/^\s*(?:>\s?)+/, '').trim() !== '').length);
+      assert.ok(r.skipped <= r.lines);
+      for (let i = 0; i < r.batch.length; i++) {
+        const e = r.batch.get(i);
+        assert.ok(['faultin', 'faultin_ret', 'map', 'fault_ret'].includes(e.kind));
+        assert.ok(e.repeat >= 1);
+        assert.ok(Number.isFinite(e.tsNs) && e.tsNs >= 0);
+      }
+      records += r.batch.length;
+      new StaleFaultDetector().push(r.batch); // and the detector takes whatever came out
+    }
+    assert.ok(records > 1000, 'the fuzz kept producing parsable records too');
+  });
+});
