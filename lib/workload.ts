@@ -109,6 +109,9 @@ export interface WorkloadRun {
   efaultRetries: number;
   /** KVM's pf_taken delta, all vCPUs: every fault KVM handled, retried ones included. */
   faults: number;
+  /** pf_taken - pf_fixed - pf_spurious - pf_emulate: faults KVM abandoned and the guest retried
+   *  (RET_PF_RETRY: stale after an invalidation, or one in progress on the page). */
+  retries: number;
   faultsPerSec: number;
   /** Summed over VMs / over all vCPUs. */
   vm: KvmStats;
@@ -122,6 +125,7 @@ export interface WorkloadResult extends WorkloadInfo {
     durationMs: number;
     touches: number;
     faults: number;
+    retries: number;
     faultsPerSec: number;
     pagesTouched: number;
     pagesVerified: number;
@@ -333,6 +337,7 @@ function toRun(raw: RawRun, info: RawInfo, o: NormalizedWorkloadOptions): Worklo
     perVm.push({ vm: vmStats, vcpu: vcpuSum, perVcpu });
   }
   const faults = vcpu.pf_taken ?? 0;
+  const retries = Math.max(0, faults - (vcpu.pf_fixed ?? 0) - (vcpu.pf_spurious ?? 0) - (vcpu.pf_emulate ?? 0));
   return {
     index: raw.index,
     startMs: raw.startS * 1e3,
@@ -346,6 +351,7 @@ function toRun(raw: RawRun, info: RawInfo, o: NormalizedWorkloadOptions): Worklo
     invalidations: raw.invalidations,
     efaultRetries: raw.efaultRetries,
     faults,
+    retries,
     faultsPerSec: raw.durationS > 0 ? faults / raw.durationS : 0,
     vm,
     vcpu,
@@ -360,6 +366,7 @@ function toResult(raw: RawInfo & { runs: RawRun[] }, o: NormalizedWorkloadOption
     durationMs: 0,
     touches: 0,
     faults: 0,
+    retries: 0,
     faultsPerSec: 0,
     pagesTouched: 0,
     pagesVerified: 0,
@@ -372,6 +379,7 @@ function toResult(raw: RawInfo & { runs: RawRun[] }, o: NormalizedWorkloadOption
     total.durationMs += r.durationMs;
     total.touches += r.touches;
     total.faults += r.faults;
+    total.retries += r.retries;
     total.pagesTouched += r.pagesTouched;
     total.pagesVerified += r.pagesVerified;
     total.pagesLost += r.pagesLost;

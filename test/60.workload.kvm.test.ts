@@ -3,15 +3,9 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { runWorkload, WorkloadError, WorkloadResult } from '../lib/workload';
+import { requireKvm } from './helpers/kvm';
 
 /** Real guests on this machine's KVM, with KVM's own counters as ground truth. */
-
-export function requireKvm(): void {
-  if (process.getuid?.() !== 0) {
-    throw new Error('the workload tests need root: /dev/kvm is root-only on the project machines (run `npm test` as root)');
-  }
-  if (!existsSync('/dev/kvm')) throw new Error('the workload tests need /dev/kvm (a KVM host); this machine has none');
-}
 
 /** Open fds of this process, and how many of them are KVM objects (VM, vCPU, stats). */
 function fdCounts(): { all: number; kvm: number } {

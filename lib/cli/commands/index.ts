@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { register as analyze } from './analyze';
+import { register as workload } from './workload';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -7,4 +8,5 @@ export type Register = (program: Command) => void;
 // One line per command; each file owns its command.
 export const commands: Register[] = [
   analyze,
+  workload,
 ];
