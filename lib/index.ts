@@ -10,3 +10,4 @@ export * from './capture';
 export * from './import/bpftrace';
 export * from './analyze';
 export * from './workload';
+export * from './tracer';
