@@ -71,6 +71,21 @@ std::string Tail(const std::string& log, int n) {
   return t;
 }
 
+// libbpf 1.1 blames RLIMIT_MEMLOCK for any EPERM as root; this kernel charges BPF memory to the
+// memcg, so that hint misleads (the real cause is policy, e.g. fentry not permitted).
+std::string WithoutMemlockHint(const std::string& log) {
+  std::string out, line;
+  size_t start = 0;
+  while (start < log.size()) {
+    size_t nl = log.find('\n', start);
+    line = log.substr(start, nl == std::string::npos ? std::string::npos : nl - start + 1);
+    if (line.find("ulimit -l") == std::string::npos) out += line;
+    if (nl == std::string::npos) break;
+    start = nl + 1;
+  }
+  return out;
+}
+
 enum class Mode { kTracepoint, kKprobe, kFentry };
 enum class Attach { kTpBtf, kRawTp, kKprobe, kKretprobe, kFentry, kFexit };
 
@@ -355,23 +370,32 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                    "no BTF at /sys/kernel/btf/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y for CO-RE");
 
     // Kernel facts from BTF: RET_PF_* values, range unit, typed tracepoints, traceable functions.
-    KernelFacts facts;
-    struct btf* vmlinux = btf__load_vmlinux_btf();
-    if (!vmlinux) {
-      int err = errno;
-      return Throw(env, "NO_BTF", err, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(err)));
-    }
-    ScanBtf(vmlinux, facts);
-    facts.btfSources = "/sys/kernel/btf/vmlinux";
-    if (Exists("/sys/kernel/btf/kvm")) {  // kvm built as a module: its types are split BTF
-      struct btf* kvm = btf__load_module_btf("kvm", vmlinux);
-      if (kvm) {
-        ScanBtf(kvm, facts);
-        facts.btfSources += " + /sys/kernel/btf/kvm";
-        btf__free(kvm);
+    // Scanned once per process (~10 ms): the running kernel's BTF does not change, except that
+    // the kvm module may appear later, so a scan that found no KVM is not kept.
+    static KernelFacts cached;
+    static bool haveCached = false;
+    if (!haveCached) {
+      KernelFacts scanned;
+      struct btf* vmlinux = btf__load_vmlinux_btf();
+      if (!vmlinux) {
+        int err = errno;
+        return Throw(env, "NO_BTF", err, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(err)));
       }
+      ScanBtf(vmlinux, scanned);
+      scanned.btfSources = "/sys/kernel/btf/vmlinux";
+      if (Exists("/sys/kernel/btf/kvm")) {  // kvm built as a module: its types are split BTF
+        struct btf* kvm = btf__load_module_btf("kvm", vmlinux);
+        if (kvm) {
+          ScanBtf(kvm, scanned);
+          scanned.btfSources += " + /sys/kernel/btf/kvm";
+          btf__free(kvm);
+        }
+      }
+      btf__free(vmlinux);
+      cached = scanned;
+      haveCached = scanned.haveKvm;
     }
-    btf__free(vmlinux);
+    const KernelFacts& facts = cached;
     if (!facts.haveKvm)
       return Throw(env, "NO_KVM", ENOENT,
                    "KVM is not in this kernel's BTF (no struct kvm_vcpu in " + facts.btfSources +
@@ -476,7 +500,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                          (mode_ == Mode::kFentry ? " (this kernel does not allow fentry/fexit programs: lockdown or "
                                                   "policy; use mode 'tracepoint' or 'kprobe')"
                                                 : " (run as root; check kernel.unprivileged_bpf_disabled and lockdown)") +
-                         "\nlibbpf: " + Tail(log_, 4),
+                         "\nlibbpf: " + WithoutMemlockHint(Tail(log_, 4)),
                      true);
       return Throw(env, "LOAD_FAILED", err,
                    what + " programs failed to load: " + strerror(err) + "\nlibbpf: " + Tail(log_, 8), true);
