@@ -5,26 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { StaleFaultDetector, Verdict } from '../lib/detector';
-import { EventBatch, Kind } from '../lib/record';
+import { Kind } from '../lib/record';
+import { openTracer } from '../lib/tracer';
 import { runWorkload, WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { requireKvm } from './helpers/kvm';
-
-// lib/tracer.ts is the tracer engineer's; loaded at run time so this file compiles without it.
-interface LiveTracer {
-  mode: string;
-  events(o?: { signal?: AbortSignal }): AsyncIterable<EventBatch>;
-  stats(): { submitted: number; dropped: number };
-  close(): void;
-}
-function openTracer(options: object): Promise<LiveTracer> {
-  let mod: { openTracer(o: object): Promise<LiveTracer> };
-  try {
-    mod = require('../lib/tracer');
-  } catch (e) {
-    throw new Error(`lib/tracer.ts (openTracer) is not in this build, so the live checks cannot run: ${(e as Error).message}`);
-  }
-  return mod.openTracer(options);
-}
 
 interface Traced {
   result: WorkloadResult;
