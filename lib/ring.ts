@@ -60,13 +60,23 @@ export interface NativeRing {
   close(): void;
 }
 
+export interface OpenRingOptions {
+  /**
+   * Default true: wake only when the kernel wakes the ring's waiters (edge-triggered, through
+   * a private epoll), so the producer's wakeup_bytes batching works and a consumer never spins
+   * on a level-triggered fd. Requires the publish / re-check-before-sleep rule (pull() does it).
+   * false: poll the map fd directly (readable whenever records are pending).
+   */
+  edgeTriggered?: boolean;
+}
+
 /** Maps a BPF ring buffer map (the fd is dup()ed: the caller keeps its own). */
-export function openRing(ringMapFd: number): NativeRing {
+export function openRing(ringMapFd: number, options: OpenRingOptions = {}): NativeRing {
   if (!Number.isInteger(ringMapFd) || ringMapFd < 0) {
     throw new TypeError(`openRing: ringMapFd must be a file descriptor (non-negative integer), got ${ringMapFd}`);
   }
   const Ring = native().Ring;
-  return new Ring(ringMapFd) as NativeRing;
+  return new Ring(ringMapFd, { edgeTriggered: options.edgeTriggered ?? true }) as NativeRing;
 }
 
 export interface RingConsumerOptions {
