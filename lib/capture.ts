@@ -248,11 +248,11 @@ export class CaptureReader {
   /** Records as RecordBatch chunks; with speed set, paced by their timestamps. Closes the file when done. */
   async *batches(options: ReplayOptions = {}): AsyncGenerator<RecordBatch, void, undefined> {
     const speed = options.speed ?? 'max';
-    if (speed !== 'max' && !(typeof speed === 'number' && speed > 0 && Number.isFinite(speed))) {
-      throw new RangeError(`replay speed must be 'max' or a positive number (got ${String(speed)})`);
-    }
     let t0Trace = -1, t0Wall = 0;
     try {
+      if (speed !== 'max' && !(typeof speed === 'number' && speed > 0 && Number.isFinite(speed))) {
+        throw new RangeError(`replay speed must be 'max' or a positive number (got ${String(speed)})`);
+      }
       for await (const batch of this.chunks()) {
         options.signal?.throwIfAborted();
         if (speed === 'max') {
@@ -274,6 +274,7 @@ export class CaptureReader {
             const waitMs = dueMs - (performance.now() - t0Wall);
             if (waitMs > 1) {
               if (to > from) break;
+              options.signal?.throwIfAborted();
               await sleep(waitMs, options.signal);
             }
           }
@@ -369,6 +370,10 @@ export class CaptureReader {
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
     const t = setTimeout(() => {
       signal?.removeEventListener('abort', onAbort);
       resolve();
