@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { register as analyze } from './analyze';
 import { register as workload } from './workload';
+import { register as doctor } from './doctor';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -9,4 +10,5 @@ export type Register = (program: Command) => void;
 export const commands: Register[] = [
   analyze,
   workload,
+  doctor,
 ];

@@ -1,0 +1,376 @@
+/**
+ * Host checks for kvmfault: can it trace here, what will it see, and what on this host drives
+ * the MMU-notifier invalidations that push a VM's sequence towards 0x80000000.
+ *
+ *   const report = await runDoctor();          // { checks: [...], kernel, privileges, ... }
+ *   for (const c of report.checks) console.log(c.status, c.title, c.detail, c.remedy);
+ *
+ * Every check is read-only except the optional trial attach (`tryTracer`, default on when
+ * root): it opens the tracer in 'auto' mode and closes it at once, to say which mode it picks.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { hostKernel, KernelInfo } from './kernels';
+import { detectKvmHost } from './workload';
+
+export type CheckStatus = 'pass' | 'warn' | 'fail' | 'info';
+
+export interface Check {
+  id: string;
+  title: string;
+  status: CheckStatus;
+  /** what was found */
+  detail: string;
+  /** one line: what to do (empty when nothing to do) */
+  remedy: string;
+}
+
+export interface Privileges {
+  euid: number;
+  /** CapEff from /proc/self/status as hex */
+  capEff: string | null;
+  capBpf: boolean;
+  capPerfmon: boolean;
+  capSysAdmin: boolean;
+}
+
+export interface RunningVm {
+  pid: number;
+  comm: string;
+  /** kvm-vm file descriptors (one per VM the process runs) */
+  vmFds: number;
+  /** kvm-vcpu:N file descriptors: the vCPUs (each normally runs on its own thread) */
+  vcpus: number;
+  /** threads of the process */
+  threads: number;
+}
+
+export interface ProbePoints {
+  tracefs: string | null;
+  /** tracefs needs mounting (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing has events) */
+  tracefsMounted: boolean;
+  kprobeEvents: boolean;
+  kprobePmu: boolean;
+  /** kallsyms names of the fault path (true: the symbol exists, so it can be probed) */
+  functions: Record<string, boolean>;
+  /** tracepoints of the kvm and kvmmmu systems that kvmfault uses, present or not */
+  tracepoints: Record<string, boolean>;
+}
+
+export interface TracerTrial {
+  attempted: boolean;
+  mode: string | null;
+  attached: string[];
+  notAttached: { point: string; reason: string }[];
+  notes: string[];
+  error: string | null;
+}
+
+export interface DoctorReport {
+  host: { kernelRelease: string; kvmHost: string; kvmHostDetail: string };
+  kernel: KernelInfo;
+  privileges: Privileges;
+  btf: { vmlinux: boolean; kvmModule: boolean; kvmBuiltin: boolean; kvmInVmlinux: boolean };
+  probes: ProbePoints;
+  tracer: TracerTrial;
+  kvm: { devKvm: boolean; accessible: boolean; vms: RunningVm[] };
+  numaBalancing: number | null;
+  ksm: { run: number | null; pagesSharing: number | null; fullScans: number | null };
+  thp: { enabled: string | null; defrag: string | null };
+  checks: Check[];
+  summary: { pass: number; warn: number; fail: number; info: number };
+}
+
+export interface DoctorOptions {
+  /** open the tracer once (auto mode) to see which mode it uses; default: when root */
+  tryTracer?: boolean;
+  /** root of /proc and /sys (tests); default '/' */
+  root?: string;
+}
+
+const CAP_SYS_ADMIN = 21, CAP_PERFMON = 38, CAP_BPF = 39;
+export const FAULT_FUNCTIONS = ['kvm_mmu_faultin_pfn', '__kvm_faultin_pfn', 'kvm_faultin_pfn', 'direct_page_fault',
+  'kvm_tdp_page_fault', 'kvm_tdp_mmu_page_fault', 'paging64_page_fault', 'kvm_mmu_page_fault'];
+export const TRACEPOINTS = ['kvm/kvm_page_fault', 'kvm/kvm_unmap_hva_range', 'kvm/kvm_exit', 'kvmmmu/kvm_mmu_pagetable_walk',
+  'kvmmmu/kvm_mmu_spte_requested', 'kvmmmu/kvm_mmu_set_spte'];
+
+function read(p: string): string | null {
+  try {
+    return fs.readFileSync(p, 'utf8');
+  } catch {
+    return null;
+  }
+}
+function readInt(p: string): number | null {
+  const t = read(p);
+  if (t === null) return null;
+  const n = parseInt(t.trim(), 10);
+  return Number.isNaN(n) ? null : n;
+}
+/** "always [madvise] never" -> "madvise" */
+function bracketed(p: string): string | null {
+  const t = read(p);
+  if (t === null) return null;
+  return /\[([^\]]+)\]/.exec(t)?.[1] ?? t.trim();
+}
+
+export function readPrivileges(root = '/'): Privileges {
+  const status = read(path.join(root, 'proc/self/status')) ?? '';
+  const hex = /^CapEff:\s*([0-9a-f]+)/m.exec(status)?.[1] ?? null;
+  const caps = hex === null ? 0n : BigInt('0x' + hex);
+  const has = (bit: number): boolean => ((caps >> BigInt(bit)) & 1n) === 1n;
+  return {
+    euid: process.geteuid ? process.geteuid() : -1,
+    capEff: hex,
+    capBpf: has(CAP_BPF),
+    capPerfmon: has(CAP_PERFMON),
+    capSysAdmin: has(CAP_SYS_ADMIN),
+  };
+}
+
+/** Processes holding kvm-vm file descriptors (VMMs), with their vCPU fds and threads. */
+export function findRunningVms(options: { root?: string; excludePids?: number[] } = {}): RunningVm[] {
+  const proc = path.join(options.root ?? '/', 'proc');
+  const exclude = new Set(options.excludePids ?? []);
+  const vms: RunningVm[] = [];
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(proc);
+  } catch {
+    return vms;
+  }
+  for (const name of entries) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (exclude.has(pid)) continue;
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(path.join(proc, name, 'fd'));
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    let vmFds = 0, vcpus = 0;
+    for (const fd of fds) {
+      let target: string;
+      try {
+        target = fs.readlinkSync(path.join(proc, name, 'fd', fd));
+      } catch {
+        continue;
+      }
+      if (target === 'anon_inode:kvm-vm') vmFds++;
+      else if (target.startsWith('anon_inode:kvm-vcpu')) vcpus++;
+    }
+    if (vmFds === 0) continue;
+    let threads = 0;
+    try {
+      threads = fs.readdirSync(path.join(proc, name, 'task')).length;
+    } catch {
+      /* exited meanwhile */
+    }
+    vms.push({ pid, comm: (read(path.join(proc, name, 'comm')) ?? '?').trim(), vmFds, vcpus, threads });
+  }
+  return vms;
+}
+
+function probePoints(root: string): ProbePoints {
+  let tracefs: string | null = null;
+  for (const p of ['sys/kernel/tracing', 'sys/kernel/debug/tracing']) {
+    if (fs.existsSync(path.join(root, p, 'events'))) {
+      tracefs = path.join(root, p);
+      break;
+    }
+  }
+  const tracepoints: Record<string, boolean> = {};
+  for (const tp of TRACEPOINTS) tracepoints[tp] = tracefs !== null && fs.existsSync(path.join(tracefs, 'events', tp));
+  const functions: Record<string, boolean> = {};
+  for (const f of FAULT_FUNCTIONS) functions[f] = false;
+  const kallsyms = read(path.join(root, 'proc/kallsyms'));
+  if (kallsyms) {
+    for (const f of FAULT_FUNCTIONS) {
+      // "ffffffff8100 t direct_page_fault" or "... [kvm]" for modules
+      functions[f] = new RegExp(` [tTwW] ${f.replace(/[$]/g, '\\$&')}(?:\\s|$)`, 'm').test(kallsyms);
+    }
+  }
+  return {
+    tracefs,
+    tracefsMounted: tracefs !== null,
+    kprobeEvents: (tracefs !== null && fs.existsSync(path.join(tracefs, 'kprobe_events'))),
+    kprobePmu: fs.existsSync(path.join(root, 'sys/bus/event_source/devices/kprobe')),
+    functions,
+    tracepoints,
+  };
+}
+
+async function tryTracer(): Promise<TracerTrial> {
+  const trial: TracerTrial = { attempted: true, mode: null, attached: [], notAttached: [], notes: [], error: null };
+  try {
+    const { openTracer } = await import('./tracer');
+    const t = await openTracer({ mode: 'auto', ringBytes: 1 << 16 });
+    try {
+      trial.mode = t.mode;
+      for (const p of t.probes) {
+        if (p.attached) trial.attached.push(p.point);
+        else trial.notAttached.push({ point: p.point, reason: p.reason ?? 'not attached' });
+      }
+      trial.notes = [...t.modeNotes];
+    } finally {
+      t.close();
+    }
+  } catch (e) {
+    trial.error = (e as Error).message.split('\n')[0];
+    for (const p of (e as { probes?: { point: string; reason?: string }[] }).probes ?? []) {
+      trial.notAttached.push({ point: p.point, reason: p.reason ?? 'not attached' });
+    }
+  }
+  return trial;
+}
+
+export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorReport> {
+  const root = options.root ?? '/';
+  const checks: Check[] = [];
+  const add = (id: string, title: string, status: CheckStatus, detail: string, remedy = ''): void => {
+    checks.push({ id, title, status, detail, remedy });
+  };
+
+  // kernel and the sign-extension bug
+  const kernel = hostKernel();
+  add('kernel', 'kernel vs the is_page_fault_stale sign-extension bug',
+    kernel.affected === true ? 'fail' : kernel.affected === false ? 'pass' : 'warn',
+    `${kernel.release}: ${kernel.status}${kernel.certain ? '' : ' (not certain)'}: ${kernel.reason}`,
+    kernel.affected === true ? 'upgrade the host kernel to 6.1.50+ or 6.3+; until then keep VM invalidation sequences below 0x80000000 (watch `kvmfault watch`)'
+      : kernel.affected === null ? "check the distro's changelog for ba6e3fe25543 / the 6.1.50 fix" : '');
+
+  // privileges
+  const privileges = readPrivileges(root);
+  const capsOk = privileges.euid === 0 || privileges.capSysAdmin || (privileges.capBpf && privileges.capPerfmon);
+  add('privileges', 'privileges for BPF tracing', capsOk ? 'pass' : 'fail',
+    `euid ${privileges.euid}, CapEff ${privileges.capEff ?? '?'} (CAP_BPF ${privileges.capBpf ? 'yes' : 'no'}, CAP_PERFMON ${privileges.capPerfmon ? 'yes' : 'no'}, CAP_SYS_ADMIN ${privileges.capSysAdmin ? 'yes' : 'no'})`,
+    capsOk ? '' : 'run as root (sudo kvmfault ...) or grant CAP_BPF and CAP_PERFMON');
+
+  // BTF
+  const vmlinuxPath = path.join(root, 'sys/kernel/btf/vmlinux');
+  const vmlinux = fs.existsSync(vmlinuxPath);
+  const kvmModule = fs.existsSync(path.join(root, 'sys/kernel/btf/kvm'));
+  const modules = read(path.join(root, 'proc/modules')) ?? '';
+  const kvmLoadedAsModule = /^kvm /m.test(modules);
+  let kvmInVmlinux = false;
+  if (vmlinux && !kvmModule) {
+    try {
+      kvmInVmlinux = fs.readFileSync(vmlinuxPath).includes('\0kvm_vcpu_arch\0');
+    } catch {
+      /* unreadable without privileges: reported below */
+    }
+  }
+  const kvmBuiltin = !kvmLoadedAsModule && kvmInVmlinux;
+  add('btf-vmlinux', 'BTF for vmlinux (/sys/kernel/btf/vmlinux)', vmlinux ? 'pass' : 'fail',
+    vmlinux ? 'present: CO-RE relocations and tp_btf work' : 'missing',
+    vmlinux ? '' : 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (every major distro kernel since 2021 has it)');
+  add('btf-kvm', 'BTF for KVM (/sys/kernel/btf/kvm, or KVM built into vmlinux)',
+    kvmModule || kvmBuiltin ? 'pass' : kvmLoadedAsModule ? 'fail' : 'warn',
+    kvmModule ? 'kvm module BTF present' : kvmBuiltin ? 'KVM is built into the kernel: its types are in vmlinux BTF'
+      : kvmLoadedAsModule ? 'kvm is a module without BTF' : 'KVM is not loaded',
+    kvmModule || kvmBuiltin ? '' : kvmLoadedAsModule ? 'use a kernel with CONFIG_DEBUG_INFO_BTF_MODULES=y'
+      : 'load KVM: modprobe kvm_intel (or kvm_amd)');
+
+  // probe points and the mode the tracer would use
+  const probes = probePoints(root);
+  const fnFound = Object.entries(probes.functions).filter(([, v]) => v).map(([k]) => k);
+  const kprobesPossible = probes.kprobeEvents || probes.kprobePmu;
+  add('kprobes', 'kprobe mode: kprobe support and fault-path functions',
+    kprobesPossible && fnFound.length > 0 ? 'pass' : 'info',
+    `${kprobesPossible ? 'kprobes supported' : 'no kprobes in this kernel (no kprobe_events, no kprobe PMU)'}; ` +
+    `functions in kallsyms: ${fnFound.length ? fnFound.join(', ') : 'none of ' + FAULT_FUNCTIONS.join(', ')}`,
+    kprobesPossible ? '' : 'tracepoint mode is used instead (it sees less: no fault-in results); kprobes need CONFIG_KPROBES');
+  const tpFound = Object.entries(probes.tracepoints).filter(([, v]) => v).map(([k]) => k);
+  add('tracepoints', 'tracepoint mode: kvm and kvmmmu tracepoints',
+    !probes.tracefsMounted ? 'warn' : tpFound.length > 0 ? 'pass' : 'fail',
+    probes.tracefsMounted ? `${probes.tracefs}: ${tpFound.length ? tpFound.join(', ') : 'none of ' + TRACEPOINTS.join(', ')}`
+      : 'tracefs is not mounted, cannot list tracepoints (tp_btf attaches without it)',
+    !probes.tracefsMounted ? 'mount -t tracefs nodev /sys/kernel/tracing' : tpFound.length ? '' : 'load KVM (modprobe kvm) so its tracepoints exist');
+
+  const wantTrial = options.tryTracer ?? (capsOk && vmlinux);
+  const tracer: TracerTrial = wantTrial
+    ? await tryTracer()
+    : { attempted: false, mode: null, attached: [], notAttached: [], notes: [], error: null };
+  if (tracer.attempted) {
+    add('tracer', 'attach mode the tracer uses (trial attach, closed at once)', tracer.mode ? 'pass' : 'fail',
+      tracer.mode ? `${tracer.mode}: ${tracer.attached.length} probe(s) attached (${tracer.attached.join(', ')})` : `cannot trace: ${tracer.error}`,
+      tracer.mode ? '' : 'see the checks above (privileges, BTF, KVM); run with KVMFAULT_DEBUG=1 for libbpf details');
+  } else {
+    const guess = probes.kprobePmu && fnFound.length > 0 ? 'kprobe' : 'tracepoint';
+    add('tracer', 'attach mode the tracer would use', 'info',
+      `not tried (needs root and BTF); from the probe points: ${guess}`, capsOk ? '' : 'run doctor as root to try attaching');
+  }
+
+  // /dev/kvm and the VMs running now
+  const devKvm = fs.existsSync(path.join(root, 'dev/kvm'));
+  let accessible = false;
+  try {
+    fs.accessSync(path.join(root, 'dev/kvm'), fs.constants.R_OK | fs.constants.W_OK);
+    accessible = true;
+  } catch {
+    /* reported */
+  }
+  const kvmHost = devKvm ? detectKvmHost() : { host: 'unknown', detail: 'no /dev/kvm' };
+  add('dev-kvm', '/dev/kvm', devKvm && accessible ? 'pass' : 'fail',
+    devKvm ? `${accessible ? 'read-write' : 'present but not accessible'}; ${kvmHost.host}: ${kvmHost.detail}` : 'missing: KVM is not available on this host',
+    !devKvm ? 'load KVM (modprobe kvm_intel or kvm_amd) or enable virtualisation in the firmware' : accessible ? '' : 'run as root or join the kvm group');
+  const vms = findRunningVms({ root, excludePids: [process.pid] });
+  add('vms', 'VMs running now (processes holding kvm-vm fds)', 'info',
+    vms.length === 0 ? 'none (`kvmfault demo` runs a built-in guest to show the live view)'
+      : vms.map((v) => `pid ${v.pid} ${v.comm}: ${v.vmFds} VM(s), ${v.vcpus} vCPU(s), ${v.threads} threads`).join('; '));
+
+  // invalidation sources
+  const numaBalancing = readInt(path.join(root, 'proc/sys/kernel/numa_balancing'));
+  add('numa-balancing', 'NUMA balancing (drives mmu_notifier invalidations)',
+    numaBalancing ? 'warn' : 'pass',
+    numaBalancing === null ? 'not available in this kernel' : numaBalancing ? `on (${numaBalancing}): every scan invalidates guest memory ranges` : 'off',
+    numaBalancing ? 'on affected kernels: sysctl -w kernel.numa_balancing=0 (or pin VMs to nodes)' : '');
+  const ksm = {
+    run: readInt(path.join(root, 'sys/kernel/mm/ksm/run')),
+    pagesSharing: readInt(path.join(root, 'sys/kernel/mm/ksm/pages_sharing')),
+    fullScans: readInt(path.join(root, 'sys/kernel/mm/ksm/full_scans')),
+  };
+  add('ksm', 'KSM (page merging invalidates guest pages)', ksm.run === 1 ? 'warn' : 'pass',
+    ksm.run === null ? 'not available in this kernel'
+      : `run = ${ksm.run}${ksm.run === 1 ? ' (merging)' : ''}, pages_sharing = ${ksm.pagesSharing ?? '?'}, full_scans = ${ksm.fullScans ?? '?'}`,
+    ksm.run === 1 ? 'on affected kernels: echo 0 > /sys/kernel/mm/ksm/run (or 2 to unmerge)' : '');
+  const thp = {
+    enabled: bracketed(path.join(root, 'sys/kernel/mm/transparent_hugepage/enabled')),
+    defrag: bracketed(path.join(root, 'sys/kernel/mm/transparent_hugepage/defrag')),
+  };
+  const thpBusy = thp.enabled === 'always' && thp.defrag === 'always';
+  add('thp', 'transparent hugepages (collapse and compaction invalidate ranges)', thpBusy ? 'warn' : 'pass',
+    thp.enabled === null ? 'not available in this kernel' : `enabled = ${thp.enabled}, defrag = ${thp.defrag ?? '?'}`,
+    thpBusy ? 'consider defrag = madvise (echo madvise > /sys/kernel/mm/transparent_hugepage/defrag)' : '');
+
+  const summary = { pass: 0, warn: 0, fail: 0, info: 0 };
+  for (const c of checks) summary[c.status]++;
+  return {
+    host: { kernelRelease: kernel.release, kvmHost: kvmHost.host, kvmHostDetail: kvmHost.detail },
+    kernel, privileges,
+    btf: { vmlinux, kvmModule, kvmBuiltin, kvmInVmlinux },
+    probes, tracer,
+    kvm: { devKvm, accessible, vms },
+    numaBalancing, ksm, thp, checks, summary,
+  };
+}
+
+/** The pass/warn/fail table, one remedy line under each check that has one. */
+export function formatDoctor(r: DoctorReport, options: { color?: boolean } = {}): string {
+  const color = options.color ?? false;
+  const paint: Record<CheckStatus, string> = { pass: '32', warn: '33', fail: '31', info: '36' };
+  const lines: string[] = [];
+  const width = Math.max(...r.checks.map((c) => c.title.length));
+  for (const c of r.checks) {
+    const tag = c.status.toUpperCase().padEnd(4);
+    lines.push(`${color ? `\x1b[${paint[c.status]}m${tag}\x1b[0m` : tag}  ${c.title.padEnd(width)}  ${c.detail}`);
+    if (c.remedy) lines.push(`${' '.repeat(6 + width + 2)}-> ${c.remedy}`);
+  }
+  if (r.tracer.notes.length > 0) {
+    lines.push('', `tracer notes (${r.tracer.mode} mode):`);
+    for (const n of r.tracer.notes) lines.push(`  - ${n}`);
+  }
+  lines.push('', `${r.summary.pass} pass, ${r.summary.warn} warn, ${r.summary.fail} fail`);
+  return lines.join('\n') + '\n';
+}
