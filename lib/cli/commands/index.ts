@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { register as analyze } from './analyze';
 import { register as workload } from './workload';
 import { register as doctor } from './doctor';
+import { register as trace } from './trace';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -11,4 +12,5 @@ export const commands: Register[] = [
   analyze,
   workload,
   doctor,
+  trace,
 ];

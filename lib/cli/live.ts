@@ -1,0 +1,67 @@
+/** Shared pieces of the live commands: opening the tracer with one-line errors, status lines. */
+import { openTracer, Tracer, TracerError, TracerOptions } from '../tracer';
+import { CliError, EXIT_USAGE } from './errors';
+import type { LiveSession } from './lifecycle';
+
+const REMEDY: Partial<Record<string, string>> = {
+  EPERM: 'run as root (sudo kvmfault ...) or grant CAP_BPF and CAP_PERFMON',
+  NO_BTF: 'this kernel has no /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y',
+  NO_KVM: 'KVM is not loaded: modprobe kvm_intel (or kvm_amd)',
+  NO_KVM_PROBES: 'try another --mode (kvmfault doctor lists what exists here)',
+  MODE_UNAVAILABLE: 'try --mode auto, or run kvmfault doctor to see which modes work here',
+  LOAD_FAILED: 'run kvmfault doctor; KVMFAULT_DEBUG=1 shows the verifier log',
+  ATTACH_FAILED: 'run kvmfault doctor to see which probe points exist here',
+};
+
+/** Opens the tracer; a TracerError becomes a one-line CliError (exit 2) with the remedy. */
+export async function openTracerForCli(options: TracerOptions, session: LiveSession): Promise<Tracer> {
+  let tracer: Tracer;
+  try {
+    tracer = await openTracer({ ...options, verbose: !!process.env.KVMFAULT_DEBUG });
+  } catch (e) {
+    if (e instanceof TracerError) {
+      if (process.env.KVMFAULT_DEBUG && e.libbpfLog) process.stderr.write(e.libbpfLog + '\n');
+      const first = e.message.split('\n')[0];
+      const remedy = REMEDY[e.code];
+      throw new CliError(`cannot trace: ${first}${remedy && !first.includes(remedy) ? ` (${remedy})` : ''}`, EXIT_USAGE);
+    }
+    throw e;
+  }
+  session.onClose(() => tracer.close());
+  return tracer;
+}
+
+/** Shows the tracer's mode once on stderr (what it can and cannot see is in `doctor`). */
+export function announceMode(tracer: Tracer, what: string): void {
+  const attached = tracer.probes.filter((p) => p.attached).length;
+  process.stderr.write(`kvmfault: ${what} in ${tracer.mode} mode (${attached} probes attached); Ctrl-C stops\n`);
+}
+
+export function humanBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+export function humanRate(perSec: number): string {
+  if (perSec >= 1e6) return `${(perSec / 1e6).toFixed(2)}M/s`;
+  if (perSec >= 1e3) return `${(perSec / 1e3).toFixed(1)}k/s`;
+  return `${perSec.toFixed(0)}/s`;
+}
+
+/** A one-line status on a TTY stderr, rewritten in place; nothing when stderr is not a TTY. */
+export class StatusLine {
+  readonly enabled = !!process.stderr.isTTY;
+  private shown = false;
+  update(text: string): void {
+    if (!this.enabled) return;
+    const cols = process.stderr.columns || 120;
+    process.stderr.write('\r\x1b[2K' + (text.length >= cols ? text.slice(0, cols - 1) : text));
+    this.shown = true;
+  }
+  clear(): void {
+    if (this.enabled && this.shown) process.stderr.write('\r\x1b[2K');
+    this.shown = false;
+  }
+}
