@@ -3,6 +3,7 @@ import { register as analyze } from './analyze';
 import { register as workload } from './workload';
 import { register as doctor } from './doctor';
 import { register as trace } from './trace';
+import { register as record } from './record';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -13,4 +14,5 @@ export const commands: Register[] = [
   workload,
   doctor,
   trace,
+  record,
 ];
