@@ -199,8 +199,20 @@ export function enableBpfStats(): () => void {
       // the process is exiting and cannot write: nothing better to do
     }
   };
+  // restored however the run ends: normally, on an exception (exit), or on Ctrl-C / kill
+  const onSignal = (sig: NodeJS.Signals): void => {
+    restore();
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
   process.once('exit', restore);
-  return restore;
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return () => {
+    restore();
+    process.removeListener('exit', restore);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  };
 }
 
 export interface ProgStats {

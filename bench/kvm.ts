@@ -1,0 +1,96 @@
+/**
+ * Real KVM faults for the benchmarks: the built-in workload in a child process (so the VMM and
+ * the tracer are separate processes, as on a real host) and the live tracer on its pid.
+ *
+ * The tracer is driven through the addon's Tracer (native/addon/tracer.cc) in tracepoint mode,
+ * the one mode this machine's kernel offers; when lib/tracer.ts (openTracer) lands this is the
+ * place to switch to it.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import path from 'node:path';
+import { native } from '../lib/native';
+import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
+import { BenchError } from './common';
+
+export interface TracerProgramStats {
+  name: string;
+  runCount: number;
+  runTimeNs: number;
+}
+
+export interface KvmTracer {
+  ringFd(): number;
+  stats(): { submitted: number; dropped: number; bpfStatsEnabled: boolean; programs: TracerProgramStats[] };
+  probes: { name: string; point: string; attached: boolean; reason?: string }[];
+  close(): void;
+}
+
+export interface KvmTracerOptions {
+  pid: number;
+  mode?: 'tracepoint' | 'kprobe' | 'fentry';
+  ringBytes?: number;
+  wakeupBytes?: number;
+  coalesce?: boolean;
+}
+
+export function openKvmTracer(o: KvmTracerOptions): KvmTracer {
+  const t = new (native().Tracer)();
+  try {
+    t.open({
+      mode: o.mode ?? 'tracepoint',
+      pid: o.pid,
+      ringBytes: o.ringBytes ?? 16 << 20,
+      wakeupBytes: o.wakeupBytes ?? 256 << 10,
+      coalesce: o.coalesce ?? false,
+      exits: false,
+      rawTracepoints: false,
+      verbose: false,
+    });
+    t.load();
+    const probes = t.attach() as KvmTracer['probes'];
+    if (!probes.some((p) => p.attached)) {
+      throw new BenchError(`no KVM probe attached: ${probes.map((p) => `${p.point}: ${p.reason}`).join('; ')}`);
+    }
+    return { ringFd: () => t.ringFd(), stats: () => t.stats(), probes, close: () => t.close() };
+  } catch (e) {
+    t.close();
+    const err = e as Error & { code?: string };
+    if (e instanceof BenchError) throw e;
+    throw new BenchError(`the KVM tracer could not start (${err.code ?? 'error'}): ${err.message}`);
+  }
+}
+
+export interface WorkloadChild {
+  pid: number;
+  child: ChildProcess;
+  go(): void;
+  done: Promise<WorkloadResult>;
+}
+
+/**
+ * Starts dist/bench/workload-child.js with these workload options; it waits for go() so a
+ * tracer can be opened on its pid first.
+ */
+export function spawnWorkload(options: Omit<WorkloadOptions, 'signal' | 'onStart' | 'onRun'>): WorkloadChild {
+  const script = path.join(__dirname, 'workload-child.js');
+  const child = spawn(process.execPath, [script, JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const done = new Promise<WorkloadResult>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (code === 0) {
+        try {
+          resolve(JSON.parse(out) as WorkloadResult);
+          return;
+        } catch {
+          // fall through: report what it printed
+        }
+      }
+      reject(new BenchError(`the workload failed (exit ${code}): ${(err || out).trim().split('\n').slice(-3).join(' ')}`));
+    });
+  });
+  if (child.pid === undefined) throw new BenchError('the workload process did not start');
+  return { pid: child.pid, child, go: () => child.stdin!.end('go\n'), done };
+}
