@@ -12,7 +12,7 @@
  */
 const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
-export type StopReason = 'SIGINT' | 'SIGTERM' | 'EPIPE' | 'duration' | 'count' | 'limit' | 'done';
+export type StopReason = 'SIGINT' | 'SIGTERM' | 'EPIPE' | 'duration' | 'count' | 'limit' | 'stuck' | 'done';
 
 export interface LiveSession {
   /** aborted when the session must stop (signal, EPIPE, duration, or stop() from the command) */

@@ -4,6 +4,7 @@ import { register as workload } from './workload';
 import { register as doctor } from './doctor';
 import { register as trace } from './trace';
 import { register as record } from './record';
+import { register as watch } from './watch';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -15,4 +16,5 @@ export const commands: Register[] = [
   doctor,
   trace,
   record,
+  watch,
 ];

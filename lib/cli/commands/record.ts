@@ -12,7 +12,7 @@ import { hostKernel } from '../../kernels';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
-import { announceMode, humanBytes, humanRate, openTracerForCli, StatusLine } from '../live';
+import { announceMode, detectorRetPf, humanBytes, humanRate, openTracerForCli, StatusLine } from '../live';
 import { byteSize, mode, ModeChoice, pid, seconds } from '../options';
 
 interface Flags {
@@ -74,7 +74,7 @@ terminal, and printed once at the end otherwise.`)
               hostKernel: hostKernel().release,
               procVersion,
               bootTimeMs: monotonicEpochMs(),
-              retPf: { ...tracer.retPf },
+              retPf: { ...detectorRetPf(tracer.retPf) },
               mode: tracer.mode,
               rangeIsGfn: tracer.rangeIsGfn,
               pid: opts.pid ?? null,
