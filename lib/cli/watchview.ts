@@ -86,6 +86,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
   const lastTotal = new Map<number, { total: number; t: number; rate: number }>();
   let stuckSeen = 0;
   let prevLines = 0;
+  let bannerShown = false;
   let records = 0;
   const started = Date.now();
 
@@ -126,7 +127,8 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     });
     const st = tracer.stats();
     const lines: string[] = [];
-    if (o.banner) lines.push(o.banner);
+    if (o.banner && (tty || o.json || final || !bannerShown)) lines.push(o.banner);
+    bannerShown = true;
     const counts = { stuck: 0, retrying: 0, progressing: 0 };
     for (const v of vcpus) counts[v.state]++;
     lines.push(`kvmfault watch  ${clock()}  ${tracer.mode} mode  ${vms.length} VM(s), ${vcpus.length} vCPU(s): ` +

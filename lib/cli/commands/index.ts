@@ -5,6 +5,7 @@ import { register as doctor } from './doctor';
 import { register as trace } from './trace';
 import { register as record } from './record';
 import { register as watch } from './watch';
+import { register as demo } from './demo';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -17,4 +18,5 @@ export const commands: Register[] = [
   trace,
   record,
   watch,
+  demo,
 ];
