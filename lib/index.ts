@@ -11,3 +11,6 @@ export * from './import/bpftrace';
 export * from './analyze';
 export * from './workload';
 export * from './tracer';
+export * from './format';
+export * from './doctor';
+export * from './metrics';

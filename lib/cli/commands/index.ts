@@ -6,6 +6,7 @@ import { register as trace } from './trace';
 import { register as record } from './record';
 import { register as watch } from './watch';
 import { register as demo } from './demo';
+import { register as metrics } from './metrics';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -19,4 +20,5 @@ export const commands: Register[] = [
   record,
   watch,
   demo,
+  metrics,
 ];

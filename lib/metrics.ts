@@ -1,0 +1,142 @@
+/**
+ * Prometheus metrics of a live detector (prom-client, a private registry): faults and retries
+ * per VM and vCPU, stuck vCPUs, the invalidation sequence and time left to 0x80000000 per VM,
+ * dropped records, and probe cost when kernel.bpf_stats_enabled is on.
+ *
+ *   const m = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel });
+ *   res.end(await m.registry.metrics());
+ *
+ * Values are read from the detector at scrape time (collect callbacks): nothing runs per record.
+ * Per-vCPU counters are the detector's running totals: a vCPU evicted as idle and seen again
+ * starts from 0, which Prometheus' rate() treats as a counter reset.
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { StaleFaultDetector } from './detector';
+import type { KernelInfo } from './kernels';
+import type { TracerStats } from './tracer';
+
+export interface FaultMetricsOptions {
+  detector: StaleFaultDetector;
+  tracerStats: () => TracerStats;
+  kernel: Pick<KernelInfo, 'release' | 'affected'>;
+  mode: string;
+  /** records pushed into the detector so far */
+  records?: () => number;
+}
+
+const VCPU_LABELS = ['vm', 'pid', 'tid', 'vcpu'] as const;
+const VM_LABELS = ['vm', 'pid'] as const;
+
+export class FaultMetrics {
+  readonly registry = new Registry();
+
+  constructor(o: FaultMetricsOptions) {
+    const r = [this.registry];
+    const labelsOf = (v: { vmId: string; pid: number; tid: number; vcpu: number | null }) =>
+      ({ vm: v.vmId, pid: String(v.pid), tid: String(v.tid), vcpu: v.vcpu === null ? '' : String(v.vcpu) });
+
+    // per-vCPU series, all filled from one snapshot per scrape
+    let snap: ReturnType<StaleFaultDetector['snapshot']> = [];
+    let snapAt = -1;
+    const snapshot = () => {
+      const now = Date.now();
+      if (now !== snapAt) {
+        snap = o.detector.snapshot();
+        snapAt = now;
+      }
+      return snap;
+    };
+
+    const faults = new Counter({ name: 'kvmfault_vcpu_faults_total', help: 'fault attempts seen for the vCPU (retried ones included)', labelNames: VCPU_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const v of snapshot()) this.inc(labelsOf(v), v.totalAttempts);
+      } });
+    void faults;
+    new Counter({ name: 'kvmfault_vcpu_mapped_total', help: 'faults of the vCPU that ended with a mapping installed', labelNames: VCPU_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const v of snapshot()) this.inc(labelsOf(v), v.mapped);
+      } });
+    new Counter({ name: 'kvmfault_vcpu_retries_total', help: 'fault attempts of the vCPU that did not end mapped (retried: stale, invalidation in progress, ...)', labelNames: VCPU_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const v of snapshot()) this.inc(labelsOf(v), Math.max(0, v.totalAttempts - v.mapped));
+      } });
+    new Gauge({ name: 'kvmfault_vcpu_state', help: 'verdict of the vCPU: 1 for its current state (progressing, retrying, stuck)', labelNames: [...VCPU_LABELS, 'state', 'cause'], registers: r,
+      collect() {
+        this.reset();
+        for (const v of snapshot()) this.set({ ...labelsOf(v), state: v.state, cause: v.cause ?? '' }, 1);
+      } });
+    new Gauge({ name: 'kvmfault_vcpu_attempts_on_gpa', help: 'attempts on the current gpa since the vCPU last made progress', labelNames: VCPU_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const v of snapshot()) this.set(labelsOf(v), v.attempts);
+      } });
+    new Gauge({ name: 'kvmfault_vcpu_stuck_seconds', help: 'how long the vCPU has retried its current gpa (0 when progressing)', labelNames: VCPU_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const v of snapshot()) this.set(labelsOf(v), v.state === 'progressing' ? 0 : (v.lastSeen - v.firstSeen) / 1e9);
+      } });
+    new Gauge({ name: 'kvmfault_stuck_vcpus', help: 'vCPUs stuck now', registers: r,
+      collect() {
+        this.set(snapshot().filter((v) => v.state === 'stuck').length);
+      } });
+
+    // per VM
+    new Gauge({ name: 'kvmfault_vm_mmu_invalidate_seq', help: "the VM's mmu_invalidate_seq (latest seen)", labelNames: VM_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const vm of o.detector.forecast()) if (vm.seq !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, parseInt(vm.seq, 16));
+      } });
+    new Gauge({ name: 'kvmfault_vm_invalidation_rate', help: 'sequence increments (invalidations) per second, recent window', labelNames: VM_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const vm of o.detector.forecast()) if (vm.ratePerSec !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.ratePerSec);
+      } });
+    new Gauge({ name: 'kvmfault_vm_seconds_to_sign_bit', help: 'seconds until the sequence reaches 0x80000000 at the current rate (0: already crossed; absent: unknown)', labelNames: VM_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const vm of o.detector.forecast()) if (vm.secondsToSignBit !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.secondsToSignBit);
+      } });
+
+    // the host and the tracer
+    new Gauge({ name: 'kvmfault_kernel_affected', help: 'the running kernel has the is_page_fault_stale sign-extension bug: 1 yes, 0 no, -1 unknown', labelNames: ['release'], registers: r,
+      collect() {
+        this.set({ release: o.kernel.release }, o.kernel.affected === true ? 1 : o.kernel.affected === false ? 0 : -1);
+      } });
+    new Gauge({ name: 'kvmfault_tracer_info', help: 'the attach mode in use', labelNames: ['mode'], registers: r,
+      collect() {
+        this.set({ mode: o.mode }, 1);
+      } });
+    new Counter({ name: 'kvmfault_records_total', help: 'records the BPF programs submitted to the ring', registers: r,
+      collect() {
+        this.reset();
+        this.inc(o.tracerStats().submitted);
+      } });
+    new Counter({ name: 'kvmfault_dropped_records_total', help: 'records lost because the ring was full', registers: r,
+      collect() {
+        this.reset();
+        this.inc(o.tracerStats().dropped);
+      } });
+    new Gauge({ name: 'kvmfault_bpf_stats_enabled', help: '1 when kernel.bpf_stats_enabled is on (probe cost metrics are counted)', registers: r,
+      collect() {
+        this.set(o.tracerStats().bpfStatsEnabled ? 1 : 0);
+      } });
+    new Counter({ name: 'kvmfault_probe_runs_total', help: 'runs of each BPF program (only while kernel.bpf_stats_enabled=1)', labelNames: ['program'], registers: r,
+      collect() {
+        this.reset();
+        for (const p of o.tracerStats().programs) this.inc({ program: p.name }, p.runCount);
+      } });
+    new Counter({ name: 'kvmfault_probe_run_time_seconds_total', help: 'time spent in each BPF program (only while kernel.bpf_stats_enabled=1)', labelNames: ['program'], registers: r,
+      collect() {
+        this.reset();
+        for (const p of o.tracerStats().programs) this.inc({ program: p.name }, p.runTimeNs / 1e9);
+      } });
+    new Gauge({ name: 'kvmfault_probe_cost_ns', help: 'average ns per run of each BPF program (run_time_ns / run_cnt)', labelNames: ['program'], registers: r,
+      collect() {
+        this.reset();
+        for (const p of o.tracerStats().programs) if (p.runCount > 0) this.set({ program: p.name }, p.runTimeNs / p.runCount);
+      } });
+  }
+}
