@@ -158,7 +158,7 @@ export function findRunningVms(options: { root?: string; excludePids?: number[] 
         continue;
       }
       if (target === 'anon_inode:kvm-vm') vmFds++;
-      else if (target.startsWith('anon_inode:kvm-vcpu')) vcpus++;
+      else if (/^anon_inode:kvm-vcpu:\d+$/.test(target)) vcpus++;
     }
     if (vmFds === 0) continue;
     let threads = 0;

@@ -8,7 +8,7 @@ import { formatDuration, StaleFaultDetector, Verdict, VmForecast } from '../dete
 import { hostKernel } from '../kernels';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
-import { detectorRetPf, humanRate, openTracerForCli } from './live';
+import { announceMode, detectorRetPf, humanRate, openTracerForCli } from './live';
 import type { ModeChoice } from './options';
 
 export interface WatchOptions {
@@ -70,6 +70,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
   const tty = o.tty ?? !!process.stdout.isTTY;
   const intervalMs = (o.intervalS ?? (tty ? 1 : 10)) * 1000;
   const tracer = await openTracerForCli({ mode: o.mode, pid: o.pid }, session);
+  announceMode(tracer, 'watching');
   const kernel = hostKernel();
   const pending = new Map<number, Verdict>();
   const detector = new StaleFaultDetector({

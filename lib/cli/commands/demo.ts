@@ -83,7 +83,9 @@ Examples:
 With no command, kvmfault watches the VMs running on this host, or runs the demo when none run:
   sudo kvmfault                      watch every VM here, or the built-in demo
   sudo kvmfault doctor               check this host first`)
-    .action(async () => {
+    .allowExcessArguments(true)
+    .action(async (_opts: unknown, cmd: Command) => {
+      if (cmd.args.length > 0) throw new CliError(`unknown command "${cmd.args[0]}" (kvmfault --help lists the commands)`, EXIT_USAGE);
       const vms = findRunningVms({ excludePids: [process.pid] });
       const session = startSession({ durationS: vms.length ? undefined : DEFAULT_DURATION_S });
       try {

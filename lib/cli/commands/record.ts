@@ -85,7 +85,7 @@ terminal, and printed once at the end otherwise.`)
           throw new CliError(`cannot create ${opts.output}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (pick a writable path)`, EXIT_USAGE);
         }
         session.onClose(() => writer.close());
-        if (!opts.quiet && status.enabled) announceMode(tracer, `recording to ${opts.output}`);
+        if (!opts.quiet) announceMode(tracer, `recording to ${opts.output}`);
         const headerBytes = writer.bytesWritten;
         // exact file size after n records: header + records + one header per (partial) chunk
         const sizeAfter = (n: number): number => headerBytes + n * RECORD_SIZE + Math.ceil(n / CHUNK_RECORDS) * CHUNK_HEADER;

@@ -53,7 +53,7 @@ A status line (rate, drops) goes to stderr when stderr is a terminal.`)
       let statusTimer: NodeJS.Timeout | null = null;
       try {
         const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid, coalesce: !!opts.coalesce }, session);
-        if (status.enabled) announceMode(tracer, 'tracing');
+        announceMode(tracer, 'tracing');
         const text = opts.json ? null : new TextFormatter();
         const tids = opts.tid && opts.tid.length ? new Set(opts.tid) : null;
         const page = opts.gpa;

@@ -1,0 +1,63 @@
+/** Helpers for the CLI tests: spawn the built CLI, wait for its stderr, bpftool link ids. */
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+export const CLI = path.join(__dirname, '../lib/cli/main.js');
+
+export function cliSync(args: string[], timeoutMs = 60_000) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 256 << 20 });
+}
+
+export interface Running {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export function cliSpawn(args: string[]): Running {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+/** Resolves when the child's stderr matches (e.g. the "probes attached" line); fails with its stderr. */
+export async function waitForStderr(r: Running, re: RegExp, timeoutMs = 15_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!re.test(r.stderr())) {
+    if (r.child.exitCode !== null) throw new Error(`the CLI exited (${r.child.exitCode}) before printing ${re}: ${r.stderr()}`);
+    if (Date.now() > until) throw new Error(`no ${re} on stderr within ${timeoutMs} ms: ${r.stderr()}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
+/** BPF links attached to KVM tracepoints or functions now (ids). */
+export function kvmLinkIds(): Set<number> {
+  const r = spawnSync('bpftool', ['link', 'list', '-j'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`bpftool link list failed (install bpftool, run as root): ${r.stderr}`);
+  const links = JSON.parse(r.stdout || '[]') as { id: number; tp_name?: string; func_name?: string; attach_type?: string }[];
+  return new Set(links.filter((l) => /kvm/.test(`${l.tp_name ?? ''}${l.func_name ?? ''}`) || l.attach_type === 'trace_fentry').map((l) => l.id));
+}
+
+export function requireRootAndKvm(): void {
+  if (process.geteuid && process.geteuid() !== 0) throw new Error('this test needs root (BPF tracing): run the suite as root');
+  if (!fs.existsSync('/dev/kvm')) throw new Error('this test needs /dev/kvm (a real KVM guest): run on a KVM host');
+  if (!fs.existsSync('/sys/kernel/btf/vmlinux')) throw new Error('this test needs /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)');
+}
+
+/** Runs the built-in guest as a child (`kvmfault workload --json`) and returns its result. */
+export async function runWorkloadChild(args: string[]): Promise<{ pid: number; result: { pid: number; total: { faults: number }; tids: number[] } }> {
+  const w = cliSpawn(['workload', '--json', ...args]);
+  const { code } = await w.exited;
+  if (code !== 0) throw new Error(`kvmfault workload ${args.join(' ')} failed (${code}): ${w.stderr()}`);
+  return { pid: w.child.pid!, result: JSON.parse(w.stdout()) };
+}
+
+export function tmpFile(name: string): string {
+  return path.join(fs.mkdtempSync('/tmp/kvmfault-cli-'), name);
+}

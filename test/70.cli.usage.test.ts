@@ -1,0 +1,55 @@
+import assert from 'node:assert/strict';
+import { cliSync } from './70.cli.helpers';
+
+const COMMANDS = ['doctor', 'trace', 'watch', 'record', 'metrics', 'demo'];
+
+describe('70 CLI usage: help and bad arguments', function () {
+  this.timeout(60_000);
+
+  for (const cmd of COMMANDS) {
+    it(`${cmd} --help: exit 0 with examples`, () => {
+      const r = cliSync([cmd, '--help']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`Usage: kvmfault ${cmd}`));
+      assert.match(r.stdout, /Examples:\n\s+(sudo )?kvmfault /);
+    });
+  }
+
+  it('kvmfault --help lists every command and the default job', () => {
+    const r = cliSync(['--help']);
+    assert.equal(r.status, 0);
+    for (const cmd of COMMANDS) assert.match(r.stdout, new RegExp(`\\n\\s+${cmd}\\b`));
+    assert.match(r.stdout, /With no command, kvmfault watches the VMs running on this host, or runs the demo/);
+  });
+
+  const bad: [string[], RegExp][] = [
+    [['trace', '--kind', 'bogus'], /^kvmfault: --kind: unknown record kind "bogus" \(choose from fault, /],
+    [['trace', '--gpa', 'zz'], /^kvmfault: --gpa must be a guest physical address in hex/],
+    [['trace', '-n', '0'], /^kvmfault: --count must be a whole number from 1/],
+    [['trace', '--mode', 'magic'], /^kvmfault: --mode must be one of auto, tracepoint, kprobe, fentry \(got "magic"\)/],
+    [['watch', '--duration', '-1'], /^kvmfault: --duration must be a positive number of seconds \(got "-1"\)/],
+    [['watch', '--pid', 'abc'], /^kvmfault: --pid must be a whole number/],
+    [['record'], /^error: required option '-o, --output <file>' not specified/],
+    [['record', '-o', '/tmp/x.kvmf', '--max-bytes', '12Q'], /^kvmfault: --max-bytes must be a size like/],
+    [['metrics', '--listen', 'nope'], /^kvmfault: --listen must be host:port/],
+    [['demo', '--duration', 'x'], /^kvmfault: --duration must be a positive number of seconds \(got "x"\)/],
+    [['doctor', '--bogus'], /^error: unknown option '--bogus'/],
+    [['bogus'], /^kvmfault: unknown command "bogus"/],
+  ];
+  for (const [args, message] of bad) {
+    it(`${args.join(' ')}: exit 2 and a one-line message`, () => {
+      const r = cliSync(args);
+      assert.equal(r.status, 2, `exit ${r.status}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+      assert.ok(!/\n\s+at /.test(r.stderr), `no stack trace: ${r.stderr}`);
+      assert.equal(r.stdout, '');
+    });
+  }
+
+  it('record into an unwritable path: exit 2 naming the path', function () {
+    if (process.geteuid && process.geteuid() !== 0) throw new Error('needs root to open the tracer first: run the suite as root');
+    const r = cliSync(['record', '-o', '/nonexistent-dir/x.kvmf', '--duration', '1']);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /kvmfault: cannot create \/nonexistent-dir\/x.kvmf: ENOENT \(pick a writable path\)/);
+  });
+});
