@@ -1,0 +1,165 @@
+/**
+ * The live commands on a real guest (the built-in workload in a child process), as root:
+ * trace --json counts, record -> analyze equals watching live, SIGINT exits 130 leaving no
+ * BPF link and a valid capture, the metrics endpoint parses as Prometheus text.
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { cliSpawn, cliSync, kvmLinkIds, requireRootAndKvm, runWorkloadChild, Running, tmpFile, waitForStderr } from './70.cli.helpers';
+
+const ATTACHED = /probes attached\); Ctrl-C stops/;
+
+async function interrupt(r: Running): Promise<number | null> {
+  r.child.kill('SIGINT');
+  const { code } = await r.exited;
+  return code;
+}
+
+function linksGone(ours: Set<number>): void {
+  const now = kvmLinkIds();
+  const left = [...ours].filter((id) => now.has(id));
+  assert.deepEqual(left, [], `BPF links still attached after the CLI stopped: ${left.join(', ')}`);
+}
+
+function newLinks(before: Set<number>): Set<number> {
+  return new Set([...kvmLinkIds()].filter((id) => !before.has(id)));
+}
+
+describe('70 CLI live commands on a real guest', function () {
+  this.timeout(90_000);
+  before(requireRootAndKvm);
+
+  it('trace --json: one map record per KVM fault of the guest; SIGINT exits 130 with no link left', async () => {
+    const before = kvmLinkIds();
+    const t = cliSpawn(['trace', '--json', '--kind', 'map']);
+    try {
+      await waitForStderr(t, ATTACHED);
+      const ours = newLinks(before);
+      assert.ok(ours.size > 0, 'the running trace holds BPF links');
+      const w = await runWorkloadChild(['--size-mib', '4', '--runs', '2', '--invalidate', 'between']);
+      await new Promise((res) => setTimeout(res, 300)); // the tail of the ring (10 ms timer)
+      assert.equal(await interrupt(t), 130, t.stderr());
+      linksGone(ours);
+      const mine = t.stdout().split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((e) => e.pid === w.pid);
+      assert.ok(mine.every((e) => e.kind === 'map' && w.result.tids.includes(e.tid)));
+      const dropped = Number(/(\d+) dropped/.exec(t.stderr())?.[1] ?? 0);
+      if (dropped === 0) assert.equal(mine.length, w.result.total.faults, 'map records = KVM pf_taken');
+      else assert.ok(mine.length + dropped >= w.result.total.faults, `${mine.length} + ${dropped} dropped < ${w.result.total.faults}`);
+    } finally {
+      t.child.kill('SIGKILL');
+    }
+  });
+
+  it('trace text: incident line format; -n stops after N; EPIPE-safe', async () => {
+    const t = cliSpawn(['trace', '-n', '5', '--kind', 'fault,map', '--duration', '20']);
+    await waitForStderr(t, ATTACHED);
+    const w = runWorkloadChild(['--size-mib', '2', '--runs', '1']);
+    const { code } = await t.exited;
+    await w;
+    assert.equal(code, 0, t.stderr());
+    const lines = t.stdout().trim().split('\n');
+    assert.equal(lines.length, 5);
+    for (const l of lines) {
+      assert.match(l, /^\d\d:\d\d:\d\d:\d{6} tid\[\d+\] pid\[\d+\] (FAULT|MAP) @ rip [0-9a-f?]+ \(\d+ hits\), gpa = [0-9a-f]+/);
+    }
+  });
+
+  it('record and watch on the same guest; record -> analyze gives the verdicts seen live; SIGINT leaves a valid capture', async () => {
+    const file = tmpFile('live.kvmf');
+    const before = kvmLinkIds();
+    const rec = cliSpawn(['record', '-o', file]);
+    const watch = cliSpawn(['watch', '--json', '--interval', '1']);
+    try {
+      await waitForStderr(rec, ATTACHED);
+      await waitForStderr(watch, ATTACHED);
+      const ours = newLinks(before);
+      const w = await runWorkloadChild(['--pattern', 'sequential', '--size-mib', '8', '--runs', '2', '--invalidate', 'between']);
+      await new Promise((res) => setTimeout(res, 500));
+      assert.equal(await interrupt(rec), 130, rec.stderr());
+      assert.equal(await interrupt(watch), 130, watch.stderr());
+      linksGone(ours);
+      assert.match(rec.stderr(), /kvmfault: wrote .*live\.kvmf: \d+ records, .* \(SIGINT\); \d+ dropped/);
+
+      const lines = watch.stdout().trim().split('\n').map((l) => JSON.parse(l));
+      const final = lines.find((l) => l.type === 'final');
+      assert.ok(final, 'watch printed its final snapshot after SIGINT');
+      const live = final.vcpus.filter((v: { pid: number }) => v.pid === w.pid);
+      assert.ok(live.length > 0, 'watch saw the guest');
+
+      const a = cliSync(['analyze', '--json', file]);
+      assert.equal(a.status, 0, a.stderr); // readable, undamaged, nothing stuck
+      const report = JSON.parse(a.stdout);
+      assert.equal(report.format, 'capture');
+      const offline = report.vcpus.filter((v: { pid: number }) => v.pid === w.pid);
+      const pick = (vs: { tid: number; state: string; cause: string | null; gpa: string; totalAttempts: number; mapped: number }[]) =>
+        vs.map((v) => ({ tid: v.tid, state: v.state, cause: v.cause, gpa: v.gpa, totalAttempts: v.totalAttempts, mapped: v.mapped }))
+          .sort((x, y) => x.tid - y.tid);
+      assert.deepEqual(pick(offline), pick(live));
+      assert.ok(live.every((v: { state: string }) => v.state !== 'stuck'));
+    } finally {
+      rec.child.kill('SIGKILL');
+      watch.child.kill('SIGKILL');
+    }
+  });
+
+  it('record --max-bytes and --duration finish the file cleanly', async () => {
+    const file = tmpFile('limited.kvmf');
+    const rec = cliSpawn(['record', '-o', file, '--max-bytes', '64K', '--duration', '15']);
+    await waitForStderr(rec, ATTACHED);
+    const w = runWorkloadChild(['--size-mib', '4', '--runs', '2', '--invalidate', 'between']);
+    const { code } = await rec.exited;
+    await w;
+    assert.equal(code, 0, rec.stderr());
+    assert.match(rec.stderr(), /\(--max-bytes reached\)/);
+    const size = Number(cliSync(['analyze', '--json', file]).status === 0) && (await import('node:fs')).statSync(file).size;
+    assert.ok(size > 0 && size <= 65536, `file size ${size}`);
+  });
+
+  it('metrics: scraped over loopback on an ephemeral port, valid Prometheus text', async () => {
+    const m = cliSpawn(['metrics', '--listen', '127.0.0.1:0', '--duration', '30']);
+    try {
+      await waitForStderr(m, /serving http:\/\/127\.0\.0\.1:\d+\/metrics/);
+      const port = Number(/127\.0\.0\.1:(\d+)/.exec(m.stderr())![1]);
+      const w = await runWorkloadChild(['--size-mib', '4', '--runs', '1']);
+      await new Promise((res) => setTimeout(res, 300));
+      const body = await new Promise<{ status: number; type: string; text: string }>((resolve, reject) => {
+        http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () =>
+            resolve({ status: res.statusCode!, type: String(res.headers['content-type']), text }));
+        }).on('error', reject);
+      });
+      assert.equal(body.status, 200);
+      assert.match(body.type, /^text\/plain; version=0\.0\.4/);
+      // Prometheus text format: HELP/TYPE comments and `name{labels} value` samples
+      const types = new Map<string, string>();
+      const samples: { name: string; labels: Record<string, string>; value: number }[] = [];
+      for (const line of body.text.split('\n')) {
+        if (line === '') continue;
+        const t = /^# TYPE (\w+) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+        if (t) { types.set(t[1], t[2]); continue; }
+        if (/^# HELP \w+ .+$/.test(line)) continue;
+        const s = /^(\w+)(?:\{(.*)\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$/.exec(line);
+        assert.ok(s, `not a Prometheus sample line: ${line}`);
+        const labels: Record<string, string> = {};
+        for (const kv of (s[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[kv[1]] = kv[2];
+        assert.ok(types.has(s[1]), `sample ${s[1]} has a # TYPE`);
+        samples.push({ name: s[1], labels, value: Number(s[3]) });
+      }
+      const get = (name: string, pid?: number) => samples.filter((x) => x.name === name && (pid === undefined || x.labels.pid === String(pid)));
+      assert.equal(types.get('kvmfault_vcpu_faults_total'), 'counter');
+      const faults = get('kvmfault_vcpu_faults_total', w.pid);
+      assert.ok(faults.length > 0 && faults.every((f) => w.result.tids.includes(Number(f.labels.tid))), 'per-vCPU faults of the guest');
+      assert.ok(get('kvmfault_vcpu_mapped_total', w.pid).reduce((a, x) => a + x.value, 0) >= 1);
+      assert.equal(get('kvmfault_stuck_vcpus')[0].value, 0);
+      assert.ok(get('kvmfault_vm_mmu_invalidate_seq', w.pid).length === 1);
+      assert.ok(get('kvmfault_dropped_records_total').length === 1);
+      assert.ok(get('kvmfault_records_total')[0].value > 0);
+      assert.ok(get('kvmfault_kernel_affected').length === 1);
+      assert.ok(get('kvmfault_bpf_stats_enabled').length === 1);
+      assert.equal(await interrupt(m), 130, m.stderr());
+    } finally {
+      m.child.kill('SIGKILL');
+    }
+  });
+});

@@ -1,0 +1,69 @@
+/** watch/demo output in a real terminal (tmux) and piped; trace piped into head (EPIPE). */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { CLI, cliSync, requireRootAndKvm, runWorkloadChild } from './70.cli.helpers';
+
+function tmux(...args: string[]): string {
+  const r = spawnSync('tmux', args, { encoding: 'utf8' });
+  if (r.error) throw new Error(`tmux is needed for the terminal test (apt-get install tmux): ${r.error.message}`);
+  return r.stdout;
+}
+
+describe('70 CLI watch in a terminal and piped', function () {
+  this.timeout(90_000);
+  before(requireRootAndKvm);
+
+  it('demo in a real terminal (tmux): the table is redrawn in place, verdicts shown', async () => {
+    const session = `kvmfault-test-${process.pid}`;
+    tmux('new-session', '-d', '-s', session, '-x', '200', '-y', '50',
+      `${process.execPath} ${CLI} demo --duration 4 --interval 1; echo EXIT=$?; sleep 30`);
+    try {
+      let screen = '';
+      const until = Date.now() + 30_000;
+      while (Date.now() < until) {
+        await new Promise((res) => setTimeout(res, 500));
+        screen = tmux('capture-pane', '-p', '-t', session);
+        if (/EXIT=\d+/.test(screen)) break;
+      }
+      assert.match(screen, /EXIT=0/, screen);
+      // redrawn in place: after 4 redraws the screen holds one header and one table per VM
+      assert.equal((screen.match(/^kvmfault watch /gm) ?? []).length, 1, screen);
+      assert.equal((screen.match(/^VM [0-9a-f]{16} pid \d+ \(node\)/gm) ?? []).length, 2, screen);
+      assert.match(screen, /^\s+\d+\s+0\s+\S+\s+(progressing|retrying)\s+\d+/m);
+      assert.ok(!/stuck\s+\d+/.test(screen.replace(/0 stuck/g, '')), 'nothing stuck in the demo');
+      assert.ok(!/\x1b\[/.test(screen), 'no raw escape codes visible');
+    } finally {
+      tmux('kill-session', '-t', session);
+    }
+  });
+
+  it('watch piped: plain lines, no escape codes, a final table', async () => {
+    const watch = spawn(process.execPath, [CLI, 'watch', '--duration', '5', '--interval', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    watch.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    await new Promise((res) => setTimeout(res, 1500));
+    const w = await runWorkloadChild(['--size-mib', '4', '--runs', '2', '--invalidate', 'between']);
+    const code = await new Promise((res) => watch.on('exit', res));
+    assert.equal(code, 0, err);
+    assert.ok(!/\x1b\[/.test(out), 'no escape codes when piped');
+    const final = out.slice(out.indexOf('-- final'));
+    assert.ok(out.includes('-- final'), out);
+    // the guest has exited by now, so its name may no longer be readable: (node) or (?)
+    assert.match(final, new RegExp(`^VM [0-9a-f]{16} pid ${w.pid} \\((node|\\?)\\)`, 'm'));
+    assert.match(final, new RegExp(`^  ${w.result.tids[0]}\\s+0\\s+\\S+\\s+(progressing|retrying)`, 'm'));
+  });
+
+  it('trace | head: exits 0 when the reader goes away, no stack trace', async () => {
+    const sh = spawn('bash', ['-c', `${process.execPath} ${CLI} trace --duration 20 | head -n 3 >/dev/null; echo "rc=\${PIPESTATUS[0]}" >&2`],
+      { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    sh.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    await new Promise((res) => setTimeout(res, 1500));
+    await runWorkloadChild(['--size-mib', '2', '--runs', '1']);
+    await new Promise((res) => sh.on('exit', res));
+    assert.match(err, /rc=0/, err);
+    assert.ok(!/\n\s+at /.test(err) && !/EPIPE/.test(err), err);
+    void cliSync;
+  });
+});
