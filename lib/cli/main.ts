@@ -10,8 +10,11 @@ export function buildProgram(): Command {
   const program = new Command('kvmfault')
     .description('Watch the KVM x86 MMU page-fault path with eBPF: which vCPUs progress, retry or are stuck')
     .version(require('../../../package.json').version)
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride();
+    .exitOverride()
+    // one-line usage errors: commander prints "error: ..."; we add where to look
+    .configureOutput({
+      outputError: (text, write) => write(`kvmfault: ${text.replace(/^error: /, '').trimEnd()} (see --help)\n`),
+    });
   for (const register of commands) register(program);
   return program;
 }
@@ -37,6 +40,13 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  // `kvmfault ... | head`: a closed stdout is a normal end, not a crash. Live commands handle
+  // it themselves (lib/cli/lifecycle.ts); this covers help and one-shot output.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    // a live command that listens for EPIPE itself stops cleanly (tracer closed, file finished)
+    if (process.stdout.listenerCount('error') === 1) process.exit(process.exitCode ?? 0);
+  });
   main(process.argv).then((code) => {
     process.exitCode = code;
   });
