@@ -25,7 +25,7 @@ export interface StreamOptions {
   signal?: AbortSignal;
   /** 'zero-copy' (default) or 'copy' (records copied into a JS buffer by the addon). */
   mode?: 'zero-copy' | 'copy';
-  /** Most records per batch (default 65536). */
+  /** Most records per batch (default DEFAULT_MAX_BATCH, 4096: a batch stays in cache). */
   maxBatch?: number;
   /**
    * While waiting, also look at the ring every tailTimerMs (default 10) to pick up records
