@@ -29,11 +29,11 @@ describe('70 CLI usage: help and bad arguments', function () {
     [['trace', '--mode', 'magic'], /^kvmfault: --mode must be one of auto, tracepoint, kprobe, fentry \(got "magic"\)/],
     [['watch', '--duration', '-1'], /^kvmfault: --duration must be a positive number of seconds \(got "-1"\)/],
     [['watch', '--pid', 'abc'], /^kvmfault: --pid must be a whole number/],
-    [['record'], /^error: required option '-o, --output <file>' not specified/],
+    [['record'], /^kvmfault: required option '-o, --output <file>' not specified/],
     [['record', '-o', '/tmp/x.kvmf', '--max-bytes', '12Q'], /^kvmfault: --max-bytes must be a size like/],
     [['metrics', '--listen', 'nope'], /^kvmfault: --listen must be host:port/],
     [['demo', '--duration', 'x'], /^kvmfault: --duration must be a positive number of seconds \(got "x"\)/],
-    [['doctor', '--bogus'], /^error: unknown option '--bogus'/],
+    [['doctor', '--bogus'], /^kvmfault: unknown option '--bogus'/],
     [['bogus'], /^kvmfault: unknown command "bogus"/],
   ];
   for (const [args, message] of bad) {

@@ -39,12 +39,13 @@ describe('70 CLI watch in a terminal and piped', function () {
 
   it('watch piped: plain lines, no escape codes, a final table', async () => {
     const watch = spawn(process.execPath, [CLI, 'watch', '--duration', '5', '--interval', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise((res) => watch.on('exit', res));
     let out = '', err = '';
     watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     watch.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     await new Promise((res) => setTimeout(res, 1500));
     const w = await runWorkloadChild(['--size-mib', '4', '--runs', '2', '--invalidate', 'between']);
-    const code = await new Promise((res) => watch.on('exit', res));
+    const code = await exited;
     assert.equal(code, 0, err);
     assert.ok(!/\x1b\[/.test(out), 'no escape codes when piped');
     const final = out.slice(out.indexOf('-- final'));
@@ -57,11 +58,13 @@ describe('70 CLI watch in a terminal and piped', function () {
   it('trace | head: exits 0 when the reader goes away, no stack trace', async () => {
     const sh = spawn('bash', ['-c', `${process.execPath} ${CLI} trace --duration 20 | head -n 3 >/dev/null; echo "rc=\${PIPESTATUS[0]}" >&2`],
       { stdio: ['ignore', 'pipe', 'pipe'] });
+    // listen for exit first: trace can end while the workload is still being awaited
+    const exited = new Promise((res) => sh.on('exit', res));
     let err = '';
     sh.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     await new Promise((res) => setTimeout(res, 1500));
     await runWorkloadChild(['--size-mib', '2', '--runs', '1']);
-    await new Promise((res) => sh.on('exit', res));
+    await exited;
     assert.match(err, /rc=0/, err);
     assert.ok(!/\n\s+at /.test(err) && !/EPIPE/.test(err), err);
     void cliSync;
