@@ -51,6 +51,9 @@ export interface DetectorOptions {
   stuckNs?: number;
   /** attempts that make a vCPU stuck whatever the elapsed time (default 50 x stuckAttempts) */
   stuckAttemptsAlone?: number;
+  /** attempts on one gpa before the vCPU counts as retrying (default 2: the first retry). 3 treats
+   *  a single refault after an invalidation as ordinary progress (fewer verdict changes) */
+  retryingAttempts?: number;
   /** vCPU threads tracked at once (default 4096); the least recently seen is evicted when full */
   capacity?: number;
   /** VMs tracked at once (default 512) */
@@ -151,11 +154,28 @@ const CAUSE_NAMES: readonly (StuckCause | null)[] = [null, 'seq-sign-extension',
 const TWO53 = 9007199254740992;
 const PAGE = 4096;
 
-function hexOrNull(v: number): string | null {
-  return v === UNKNOWN ? null : v.toString(16);
+// Number#toString(16) takes V8's slow double-to-radix path; verdicts format several addresses
+// each, so hex goes through a byte table instead.
+const HEX2: readonly string[] = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, '0'));
+function hex32Padded(x: number): string {
+  return HEX2[(x >>> 24) & 255] + HEX2[(x >>> 16) & 255] + HEX2[(x >>> 8) & 255] + HEX2[x & 255];
+}
+function hex32(x: number): string {
+  const s = hex32Padded(x);
+  let z = 0;
+  while (z < 7 && s.charCodeAt(z) === 48) z++;
+  return z === 0 ? s : s.slice(z);
 }
 function hex64(lo: number, hi: number): string {
-  return hi === 0 ? lo.toString(16) : hi.toString(16) + lo.toString(16).padStart(8, '0');
+  return hi === 0 ? hex32(lo) : hex32(hi) + hex32Padded(lo);
+}
+/** hex of an exact non-negative integer below 2^53 */
+function hexNum(v: number): string {
+  const hi = Math.floor(v / 4294967296);
+  return hex64(v - hi * 4294967296, hi);
+}
+function hexOrNull(v: number): string | null {
+  return v === UNKNOWN ? null : hexNum(v);
 }
 function nextPow2(n: number): number {
   let p = 1;
@@ -236,6 +256,7 @@ export class StaleFaultDetector {
   readonly stuckAttempts: number;
   readonly stuckNs: number;
   readonly stuckAttemptsAlone: number;
+  readonly retryingAttempts: number;
   readonly capacity: number;
   readonly vmCapacity: number;
   readonly idleNs: number;
@@ -320,6 +341,12 @@ export class StaleFaultDetector {
   private lastSweep = -1;
   private cachedTid = -1;
   private cachedSlot = -1;
+  // the current record's sequences, read once per record by push()
+  private recMmuSeq = UNKNOWN;
+  private recFaultSeq = UNKNOWN;
+  private cachedVmLo = -1;
+  private cachedVmHi = -1;
+  private cachedVm = -1;
   private records = 0;
   private ignored = 0;
   private evictedIdle = 0;
@@ -339,6 +366,7 @@ export class StaleFaultDetector {
     this.stuckAttempts = positive('stuckAttempts', options.stuckAttempts, 1000);
     this.stuckNs = positive('stuckNs', options.stuckNs, 1e9);
     this.stuckAttemptsAlone = positive('stuckAttemptsAlone', options.stuckAttemptsAlone, this.stuckAttempts * 50);
+    this.retryingAttempts = positive('retryingAttempts', options.retryingAttempts, 2);
     this.capacity = Math.floor(positive('capacity', options.capacity, 4096));
     this.vmCapacity = Math.floor(positive('vmCapacity', options.vmCapacity, 512));
     this.idleNs = positive('idleNs', options.idleNs, 60e9);
@@ -443,14 +471,19 @@ export class StaleFaultDetector {
       else if (ts > this.now) this.now = ts;
       if (this.now - this.lastSweep >= this.idleNs) this.sweepIdle();
 
-      const vm = this.vmFor(batch, i, ts);
+      this.recMmuSeq = batch.mmuSeq(i);
+      this.recFaultSeq = batch.faultSeq(i);
       if (kind === Kind.INVALIDATE_START || kind === Kind.INVALIDATE_END) {
+        const vm = this.vmFor(batch, i, ts);
         if (kind === Kind.INVALIDATE_START) this.vmInv[vm] += this.repeatOf(batch, i);
         continue;
       }
       const tid = batch.tid(i);
-      const s = tid === this.cachedTid ? this.cachedSlot : this.vcpuFor(batch, i, tid, vm, ts);
+      const s = tid === this.cachedTid ? this.cachedSlot : this.vcpuFor(batch, i, tid, ts);
       if (ts > this.lastTs[s]) this.lastTs[s] = ts;
+      // a thread belongs to one VM: no VM lookup for a known vCPU
+      const vm = this.vmSlot[s];
+      this.vmUpdate(vm, ts);
 
       switch (kind) {
         case Kind.FAULT:
@@ -524,7 +557,7 @@ export class StaleFaultDetector {
     } else {
       this.attempts[s] += rep;
       if (this.observe(s, vm, batch, i, false)) this.explained[s] += rep;
-      this.state[s] = ST_RETRYING;
+      if (this.attempts[s] >= this.retryingAttempts) this.state[s] = ST_RETRYING;
     }
     this.vmInvAtAttempt[s] = this.vmInv[vm];
     this.seqAtAttempt[s] = this.seqLast[s];
@@ -560,8 +593,8 @@ export class StaleFaultDetector {
     let explained = false;
     const hva = batch.hva(i);
     if (hva !== UNKNOWN) this.hva[s] = hva;
-    const mmuSeq = batch.mmuSeq(i);
-    let fseq = batch.faultSeq(i);
+    const mmuSeq = this.recMmuSeq;
+    let fseq = this.recFaultSeq;
     if (fseq !== UNKNOWN && fseq >= TWO53) {
       // an int snapshot sign-extended to 64 bits (0xffffffff8002dc25): the bug itself, seen directly
       this.bits[s] |= 8;
@@ -632,13 +665,27 @@ export class StaleFaultDetector {
       keyKind = VMKEY_PID;
     }
     // the key kind goes into the hash key's high bits: a pid key never equals a vm id key
-    let v = this.vmTable.get(lo, keyKind === VMKEY_PID ? 0xfffffffe : hi);
-    if (v < 0) v = this.newVm(lo, hi, keyKind, pid, ts);
+    const keyHi = keyKind === VMKEY_PID ? 0xfffffffe : hi;
+    let v: number;
+    if (lo === this.cachedVmLo && keyHi === this.cachedVmHi) v = this.cachedVm;
+    else {
+      v = this.vmTable.get(lo, keyHi);
+      if (v < 0) v = this.newVm(lo, hi, keyKind, pid, ts);
+      this.cachedVmLo = lo;
+      this.cachedVmHi = keyHi;
+      this.cachedVm = v;
+    }
+    this.vmUpdate(v, ts);
+    return v;
+  }
+
+  /** Per-record VM bookkeeping: last seen, the sequence and the rate windows. */
+  private vmUpdate(v: number, ts: number): void {
     if (ts > this.vmLastTs[v]) this.vmLastTs[v] = ts;
     // the VM's sequence: mmu_seq, else the fault's snapshot (not when sign-extended)
-    let seq = batch.mmuSeq(i);
+    let seq = this.recMmuSeq;
     if (seq === UNKNOWN) {
-      seq = batch.faultSeq(i);
+      seq = this.recFaultSeq;
       if (seq >= TWO53) seq = UNKNOWN;
     }
     if (seq !== UNKNOWN && seq >= this.vmSeq[v]) {
@@ -662,7 +709,6 @@ export class StaleFaultDetector {
       this.vmInvMid[v] = this.vmInv[v];
       this.vmInvMidTs[v] = ts;
     }
-    return v;
   }
 
   private newVm(lo: number, hi: number, keyKind: number, pid: number, ts: number): number {
@@ -701,9 +747,10 @@ export class StaleFaultDetector {
     return v;
   }
 
-  private vcpuFor(batch: EventBatch, i: number, tid: number, vm: number, ts: number): number {
+  private vcpuFor(batch: EventBatch, i: number, tid: number, ts: number): number {
     let s = this.vcpuTable.get(tid, 0);
     if (s < 0) {
+      const vm = this.vmFor(batch, i, ts);
       if (this.vcpuFreeTop === 0) {
         this.sweepIdle();
         if (this.vcpuFreeTop === 0) {
@@ -746,17 +793,13 @@ export class StaleFaultDetector {
       this.cause[s] = C_NONE;
       this.emittedState[s] = ST_NONE;
       this.emittedCause[s] = C_NONE;
-      this.vmSlot[s] = -1;
       this.vcpuTable.set(tid, 0, s);
-    }
-    this.pid[s] = batch.pid(i);
-    const id = batch.vcpuId(i);
-    if (id !== UNKNOWN) this.vcpuId[s] = id;
-    else if (this.vmSlot[s] < 0) this.vcpuId[s] = -1;
-    if (this.vmSlot[s] !== vm) {
-      if (this.vmSlot[s] >= 0) this.vmVcpus[this.vmSlot[s]]--;
+      this.pid[s] = batch.pid(i);
+      this.vcpuId[s] = batch.vcpuId(i); // UNKNOWN is -1 too
       this.vmSlot[s] = vm;
       this.vmVcpus[vm]++;
+    } else if (this.vcpuId[s] < 0) {
+      this.vcpuId[s] = batch.vcpuId(i);
     }
     this.cachedTid = tid;
     this.cachedSlot = s;
@@ -790,6 +833,7 @@ export class StaleFaultDetector {
     this.vmTable.delete(this.vmKeyLo[v], this.vmKeyKind[v] === VMKEY_PID ? 0xfffffffe : this.vmKeyHi[v]);
     this.vmUsed[v] = 0;
     this.liveVms--;
+    if (this.cachedVm === v) this.cachedVmLo = this.cachedVmHi = this.cachedVm = -1;
     this.vmFree[this.vmFreeTop++] = v;
   }
 
@@ -856,7 +900,7 @@ export class StaleFaultDetector {
       seqChanges: this.seqChanges[s],
       inProgress: this.inProg[s] === UNKNOWN ? null : this.inProg[s],
       range: hasRange
-        ? { start: this.rangeStart[s].toString(16), end: this.rangeEnd[s].toString(16), unit: (this.bits[s] & 1) !== 0 ? 'gfn' : 'hva' }
+        ? { start: hexNum(this.rangeStart[s]), end: hexNum(this.rangeEnd[s]), unit: (this.bits[s] & 1) !== 0 ? 'gfn' : 'hva' }
         : null,
       evicted: false,
       explanation: '',

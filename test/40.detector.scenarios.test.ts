@@ -99,7 +99,7 @@ describe('40 detector: generated scenarios', () => {
       assert.equal(final[0].state, 'progressing');
       assert.equal(final[0].attempts, 1);
     }
-    const { final } = detect([mk()], { retPf: { RETRY: 1, FIXED: 4, SPURIOUS: 6 } }); // 5 = nothing
+    const { final } = detect([mk()], { retPf: { RETRY: 1, FIXED: 4, SPURIOUS: 6 }, retryingAttempts: 2 }); // 5 = nothing
     assert.equal(final[0].state, 'retrying');
   });
 
