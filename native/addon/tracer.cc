@@ -39,10 +39,23 @@ std::string* g_collect = nullptr;  // the log of the tracer currently calling in
 bool g_verbose = false;
 
 int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list ap) {
-  char line[2048];
-  vsnprintf(line, sizeof line, fmt, ap);
-  if (g_verbose) fputs(line, stderr);
-  if (g_collect && level != LIBBPF_DEBUG && g_collect->size() < (64u << 10)) g_collect->append(line);
+  // libbpf 1.1 prints a whole verifier log as ONE message: format it in full, since the
+  // verifier's verdict is its last line.
+  va_list ap2;
+  va_copy(ap2, ap);
+  int n = vsnprintf(nullptr, 0, fmt, ap2);
+  va_end(ap2);
+  if (n <= 0) return 0;
+  std::string msg(static_cast<size_t>(n) + 1, '\0');
+  vsnprintf(&msg[0], msg.size(), fmt, ap);
+  msg.resize(static_cast<size_t>(n));
+  if (g_verbose) fputs(msg.c_str(), stderr);
+  if (g_collect && level != LIBBPF_DEBUG) {
+    g_collect->append(msg);
+    // bounded: keep the end, where the error is
+    constexpr size_t kKeep = 64u << 10;
+    if (g_collect->size() > 2 * kKeep) g_collect->erase(0, g_collect->size() - kKeep);
+  }
   return 0;
 }
 

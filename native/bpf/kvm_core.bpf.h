@@ -109,7 +109,9 @@ static __always_inline __u64 fault_hva(struct kvm_page_fault *fault, __u64 gfn)
 	struct kvm_page_fault___hva *fh = (void *)fault;
 	if (bpf_core_field_exists(fh->hva)) {
 		__u64 hva = BPF_CORE_READ(fh, hva);
-		if (hva)  /* 0 until kvm_faultin_pfn filled it: not a real hva */
+		/* 0, or KVM_HVA_ERR_BAD (PAGE_OFFSET, a kernel address) on 6.12, until the fault-in
+		 * step fills it: not a real hva */
+		if (hva && !(hva >> 63))
 			return hva;
 	}
 	struct kvm_memory_slot *slot = BPF_CORE_READ(fault, slot);

@@ -393,9 +393,11 @@ static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page
 	if (!begin(&e, KF_FAULT))
 		return 0;
 	fill_vcpu(&e, vcpu);
-	if (fault)
+	if (fault) {
 		fill_fault(&e, fault);
-	else {
+		/* fault->mmu_seq is snapshotted inside the fault-in step: still stale here */
+		e.fault_seq = KF_UNKNOWN_U64;
+	} else {
 		e.gpa = gpa;
 		e.error_code = error_code;
 	}
@@ -416,8 +418,11 @@ static __always_inline int on_fault_return(int ret)
 		return 0;
 	fill_vcpu(&e, (struct kvm_vcpu *)c->vcpu);
 	if (c->fault) {
-		fill_fault(&e, (struct kvm_page_fault *)c->fault);
-		e.pfn = BPF_CORE_READ((struct kvm_page_fault *)c->fault, pfn);
+		/* through a typed local: a cast inside BPF_CORE_READ would relocate against
+		 * struct entry_ctx (the cast's operand), which no kernel has */
+		struct kvm_page_fault *fault = (void *)c->fault;
+		fill_fault(&e, fault);
+		e.pfn = BPF_CORE_READ(fault, pfn);
 	} else {
 		e.gpa = c->gpa;
 		e.error_code = c->error_code;
@@ -438,6 +443,7 @@ static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_pa
 		return 0;
 	fill_vcpu(&e, vcpu);
 	fill_fault(&e, fault);  /* pfn not resolved yet: stays unknown */
+	e.fault_seq = KF_UNKNOWN_U64;  /* the snapshot is taken inside this function */
 	emit(&e);
 	return 0;
 }
