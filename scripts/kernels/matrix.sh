@@ -57,7 +57,10 @@ while read -r line kdir; do
   grep_args=()
   [ -n "${KVMFAULT_KERNEL_GREP:-}" ] && grep_args=(--grep "$KVMFAULT_KERNEL_GREP")
   k0=$(date +%s)
-  (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t 900 -- \
+  # a tree under /tmp would be hidden by the guest's tmpfs on /tmp: share it explicitly
+  share=()
+  case "$(realpath "$TREE")" in /tmp/*) share=(-w "$TREE") ;; esac
+  (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t 900 "${share[@]}" -- \
      node node_modules/mocha/bin/mocha.js --no-config --reporter spec --timeout 120000 "${grep_args[@]}" \
      "${tests[@]#"$TREE"/}") > "$RESULTS/$ver.log" 2>&1
   rc=$?
