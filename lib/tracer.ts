@@ -306,7 +306,8 @@ function describeMode(a: Attempt): string[] {
     }
     if (isPvmHost()) {
       notes.push('PVM host: kvm:kvm_page_fault and kvm:kvm_exit never fire (PVM\'s exit handler skips them); FAULT comes from ' +
-        'kvm_mmu_pagetable_walk, which also fires for emulator address translations, so FAULT may outnumber real faults');
+        'kvm_mmu_pagetable_walk; walks the instruction emulator makes (kvm:kvm_emulate_insn follows them) are dropped, not ' +
+        'reported as faults, so a FAULT is emitted when the next walk, an spte request or the exit to userspace follows it');
     }
   } else {
     notes.push(`${a.mode} mode: FAULT/FAULT_RET (ret = RET_PF_*, decode with tracer.retPf) on the fault handlers, ` +

@@ -83,15 +83,15 @@ describe('61 workload under the live tracer and detector', function () {
     const tid = t.result.tids[0];
     const region = BigInt(t.result.regionGpa);
     const inRegion = (v: Verdict) => v.gpa !== null && BigInt('0x' + v.gpa) >= region;
-    const mine = t.changes.filter((v) => v.tid === tid);
-    assert.ok(mine.some((v) => v.state === 'progressing' && inRegion(v)), 'no progressing verdict on the touched pages');
-    for (const v of mine) {
-      assert.notEqual(v.state, 'stuck', v.explanation);
-      // Known artefact (reported to the tracer/detector owners): under PVM each exit is an OUT that
-      // KVM emulates, and the emulator's guest page-table walk fires kvm_mmu_pagetable_walk, which
-      // tracepoint mode records as a fault without a map: 2 "attempts" at the exit instruction on
-      // the code page. On the touched pages themselves the vCPU must never be retrying.
-      if (inRegion(v)) assert.equal(v.state, 'progressing', v.explanation);
+    const now = t.verdicts.find((v) => v.tid === tid);
+    assert.ok(now, 'the vCPU thread is in the detector snapshot');
+    assert.equal(now.state, 'progressing', now.explanation);
+    assert.ok(inRegion(now), `last fault on the touched pages, got gpa ${now.gpa}`);
+    assert.ok(now.mapped >= 2 * 4096, `${now.mapped} faults ended mapped`);
+    // the emulated exit (an OUT under PVM) walks the guest's tables too; those walks are not
+    // faults (the tracer drops them), so the vCPU is never retrying or stuck anywhere
+    for (const v of t.changes.filter((c) => c.tid === tid)) {
+      assert.equal(v.state, 'progressing', v.explanation);
     }
   });
 

@@ -128,9 +128,16 @@ const char* const kTracepoints[][3] = {
     {"spte_requested", "kvmmmu", "kvm_mmu_spte_requested"},
     {"unmap_hva_range", "kvm", "kvm_unmap_hva_range"},
     {"kvm_exit", "kvm", "kvm_exit"},
+    // companions of pagetable_walk: tell a real fault's walk from the instruction emulator's
+    {"emulate_insn", "kvm", "kvm_emulate_insn"},
+    {"userspace_exit", "kvm", "kvm_userspace_exit"},
 };
-// The FAULT-entry tracepoints: only in tracepoint mode (handler probes give FAULT otherwise).
-bool IsFaultEntryTp(const std::string& suffix) { return suffix == "pagetable_walk" || suffix == "page_fault"; }
+// The FAULT-entry tracepoints and their companions: only in tracepoint mode (handler probes
+// give FAULT otherwise).
+bool IsFaultEntryTp(const std::string& suffix) {
+  return suffix == "pagetable_walk" || suffix == "page_fault" || suffix == "emulate_insn" ||
+         suffix == "userspace_exit";
+}
 
 const char* const kFaultinCandidates[] = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"};
 const char* const kHandlerCandidates[] = {"kvm_tdp_page_fault", "direct_page_fault", "paging64_page_fault",

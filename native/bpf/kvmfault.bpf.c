@@ -97,6 +97,31 @@ struct {
 	__type(key, __u64);
 	__type(value, struct fold);
 } folds SEC(".maps");
+static struct fold zero_fold;  /* .bss: initial value for a new fold */
+
+/* Shadow-paging fault entries held back per thread until it is known what the walk was for.
+ * kvm_mmu_pagetable_walk fires for every guest page-table walk: a real fault's, and also the
+ * instruction emulator's gva->gpa walks (two per emulated instruction under PVM; on VMX/SVM the
+ * only walks it sees). Held walks are emitted as FAULT when the next walk or an spte request
+ * follows, or when the vCPU goes to userspace; dropped (counted) when the emulator takes over
+ * (kvm:kvm_emulate_insn fires right after its walks). A fault abandoned as stale is followed
+ * by another walk of the same address, so it is still emitted, one walk later. */
+#define HELD_WALKS 2
+struct held_walks {
+	struct kvmfault_event ev[HELD_WALKS];
+	__u32 n;
+	__u32 pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct held_walks);
+} held SEC(".maps");
+static struct held_walks zero_held;  /* .bss: initial value for a new entry */
+
+/* walks dropped because the instruction emulator made them (bss, read by the loader) */
+__u64 kf_emulator_walks = 0;
 
 /* ---- record helpers ------------------------------------------------------------------------ */
 
@@ -291,15 +316,30 @@ static __always_inline void emit(struct kvmfault_event *e)
 		__builtin_memcpy(&f->last, e, sizeof(*e));
 		f->folded = 0;
 	} else {
-		struct fold nf = {};
-		__builtin_memcpy(&nf.last, e, sizeof(*e));
-		bpf_map_update_elem(&folds, &key, &nf, BPF_ANY);
+		/* from a zeroed template in .bss, then filled in place: a struct fold on the stack
+		 * in each inlined emit() would exceed the 512-byte BPF stack */
+		bpf_map_update_elem(&folds, &key, &zero_fold, BPF_NOEXIST);
+		f = bpf_map_lookup_elem(&folds, &key);
+		if (f)
+			__builtin_memcpy(&f->last, e, sizeof(*e));
 	}
 	submit_copy(e);
 }
 
 /* ---- shared handlers (one body per point, called by the tp_btf / raw_tp / kprobe / fentry
  * programs below) ---------------------------------------------------------------------------- */
+
+/* Emits the thread's held walks as FAULT records, oldest first. */
+static __always_inline void flush_held_walks(__u32 tid)
+{
+	struct held_walks *h = bpf_map_lookup_elem(&held, &tid);
+	if (!h || !h->n)
+		return;
+	emit(&h->ev[0]);
+	if (h->n > 1)
+		emit(&h->ev[1]);
+	h->n = 0;
+}
 
 static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr)
 {
@@ -311,7 +351,45 @@ static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr)
 	e.gpa = addr;
 	e.error_code = pferr;
 	fill_vcpu(&e, current_vcpu());
-	emit(&e);
+
+	struct held_walks *h = bpf_map_lookup_elem(&held, &e.tid);
+	if (!h) {
+		bpf_map_update_elem(&held, &e.tid, &zero_held, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&held, &e.tid);
+		if (!h) {  /* no room to hold it: emit at once */
+			emit(&e);
+			return 0;
+		}
+	}
+	if (h->n >= HELD_WALKS) {  /* the oldest walk got neither an spte nor emulation */
+		emit(&h->ev[0]);
+		__builtin_memcpy(&h->ev[0], &h->ev[1], sizeof(e));
+		h->n = HELD_WALKS - 1;
+	}
+	__u32 i = h->n;
+	if (i >= HELD_WALKS)  /* bounds for the verifier */
+		return 0;
+	__builtin_memcpy(&h->ev[i], &e, sizeof(e));
+	h->n = i + 1;
+	return 0;
+}
+
+/* The instruction emulator ran: the held walks were its own, not page faults. */
+static __always_inline int on_emulate_insn(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct held_walks *h = bpf_map_lookup_elem(&held, &tid);
+	if (h && h->n) {
+		__sync_fetch_and_add(&kf_emulator_walks, h->n);
+		h->n = 0;
+	}
+	return 0;
+}
+
+/* KVM_RUN returns to userspace: walks still held were faults that did not get an spte. */
+static __always_inline int on_userspace_exit(void)
+{
+	flush_held_walks((__u32)bpf_get_current_pid_tgid());
 	return 0;
 }
 
@@ -333,6 +411,7 @@ static __always_inline int on_spte_requested(struct kvm_page_fault *fault)
 	struct kvmfault_event e;
 	if (!begin(&e, KF_MAP))
 		return 0;
+	flush_held_walks(e.tid);  /* the fault's own walk (and any unmapped one before it) first */
 	fill_vcpu(&e, current_vcpu());
 	fill_fault(&e, fault);
 	e.pfn = BPF_CORE_READ(fault, pfn);
@@ -499,7 +578,31 @@ int BPF_PROG(tb_kvm_exit, struct kvm_vcpu *vcpu)
 	return on_kvm_exit(vcpu);
 }
 
+SEC("tp_btf/kvm_emulate_insn")
+int BPF_PROG(tb_emulate_insn, struct kvm_vcpu *vcpu, __u8 failed)
+{
+	return on_emulate_insn();
+}
+
+SEC("tp_btf/kvm_userspace_exit")
+int BPF_PROG(tb_userspace_exit, __u32 reason, int err)
+{
+	return on_userspace_exit();
+}
+
 /* ---- tracepoint set: raw_tracepoint (untyped args, same order as TP_PROTO) ----------------- */
+
+SEC("raw_tp/kvm_emulate_insn")
+int rt_emulate_insn(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_emulate_insn();
+}
+
+SEC("raw_tp/kvm_userspace_exit")
+int rt_userspace_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_userspace_exit();
+}
 
 SEC("raw_tp/kvm_mmu_pagetable_walk")
 int rt_pagetable_walk(struct bpf_raw_tracepoint_args *ctx)
