@@ -46,7 +46,7 @@ enum kvmfault_kind {
 #define KF_FLAG_PRESENT    (1u << 3) /* the guest pte / spte was present (protection fault) */
 #define KF_FLAG_TDP        (1u << 4) /* fault->is_tdp */
 #define KF_FLAG_RIP_STALE  (1u << 5) /* rip read from the register cache, may be old */
-#define KF_FLAG_COALESCED  (1u << 6) /* repeat > 1: identical consecutive records folded */
+#define KF_FLAG_COALESCED  (1u << 6) /* stands for `repeat` (>= 1) events identical to this tid's previous record of this kind */
 
 struct kvmfault_event {
 	__u64 ts_ns;        /* bpf_ktime_get_ns() */

@@ -1,0 +1,117 @@
+/**
+ * Records from a REAL KVM guest (the built-in workload, in this process: one vCPU writing one
+ * byte to each page of its region), checked field by field and against KVM's own counter
+ * pf_taken (KVM_GET_STATS_FD): one MAP record per fault, for this pid only.
+ */
+import assert from 'node:assert/strict';
+import { Flag, Kind, RecordBatch, RECORD_SIZE, UNKNOWN } from '../lib/record';
+import { openTracer, TracerOptions } from '../lib/tracer';
+import { runWorkload, WorkloadOptions, WorkloadResult } from '../lib/workload';
+import { requireGuestHost } from './30.tracer.setup';
+
+interface Captured {
+  records: RecordBatch;
+  result: WorkloadResult;
+  dropped: number;
+}
+
+/** Traces this process while the workload runs; returns a copy of every record. */
+async function traceWorkload(workload: WorkloadOptions, options: TracerOptions = {}): Promise<Captured> {
+  const tracer = await openTracer({ mode: 'tracepoint', pid: process.pid, ...options });
+  const stop = new AbortController();
+  const kept: Uint8Array[] = [];
+  const drain = (async () => {
+    for await (const batch of tracer.events({ signal: stop.signal })) {
+      for (let i = 0; i < batch.length; i++) kept.push(batch.recordBytes(i).slice());
+    }
+  })();
+  try {
+    const result = await runWorkload({ vms: 1, vcpus: 1, ...workload });
+    await new Promise((r) => setTimeout(r, 200)); // the ring's tail timer delivers the last records
+    stop.abort();
+    await drain;
+    const bytes = new Uint8Array(kept.length * RECORD_SIZE);
+    kept.forEach((r, i) => bytes.set(r, i * RECORD_SIZE));
+    return { records: RecordBatch.fromPacked(bytes), result, dropped: tracer.stats().dropped };
+  } finally {
+    stop.abort();
+    tracer.close();
+    await drain.catch(() => undefined);
+  }
+}
+
+function countKind(b: RecordBatch, kind: number, tid: number): number {
+  let n = 0;
+  for (let i = 0; i < b.length; i++) if (b.kind(i) === kind && b.tid(i) === tid) n += b.repeat(i);
+  return n;
+}
+
+describe('30 tracer on a real KVM guest (tracepoint mode)', function () {
+  this.timeout(60_000);
+  before(requireGuestHost);
+
+  it('one MAP record per KVM page fault (= pf_taken), none lost, none from other processes', async () => {
+    const { records, result, dropped } = await traceWorkload({ sizeMiB: 2, runs: 2, invalidate: 'between' });
+    const tid = result.tids[0];
+    assert.equal(result.total.faults, 2 * 512 + 1, `guest sanity: 2 runs x 512 pages + the code page, KVM says ${result.total.faults}`);
+    assert.equal(dropped, 0);
+    assert.equal(countKind(records, Kind.MAP, tid), result.total.faults);
+    for (let i = 0; i < records.length; i++) assert.equal(records.pid(i), process.pid);
+    // the host's MADV_DONTNEED between the runs is an invalidation of the region
+    let invalidations = 0;
+    for (let i = 0; i < records.length; i++) if (records.kind(i) === Kind.INVALIDATE_START) invalidations++;
+    assert.ok(invalidations >= 1, 'no invalidation record for the MADV_DONTNEED between the runs');
+    // every MAP has a fault entry (a shadow-paging walk here) before it
+    assert.ok(countKind(records, Kind.FAULT, tid) >= result.total.faults);
+  });
+
+  it('MAP fields: gpa = gfn*4096 in guest memory, hva at the same offset in the region, sequences set', async () => {
+    const { records, result } = await traceWorkload({ sizeMiB: 1, runs: 2, invalidate: 'between' });
+    const tid = result.tids[0];
+    const regionHva = result.vms[0].regionHva;
+    let maps = 0;
+    let regionWrites = 0;
+    const vmIds = new Set<string>();
+    let lastSeq = -1;
+    for (let i = 0; i < records.length; i++) {
+      if (records.kind(i) !== Kind.MAP || records.tid(i) !== tid) continue;
+      maps++;
+      const gpa = records.gpa(i);
+      const hva = records.hva(i);
+      assert.equal(gpa % 4096, 0, `MAP gpa ${gpa.toString(16)} is not a frame address (gfn*4096)`);
+      assert.ok(gpa < result.guestMemoryBytes, `gpa ${gpa.toString(16)} outside guest memory`);
+      assert.notEqual(records.pfn(i), UNKNOWN);
+      assert.notEqual(records.faultSeq(i), UNKNOWN, 'fault->mmu_seq missing');
+      assert.notEqual(records.mmuSeq(i), UNKNOWN, 'VM mmu_invalidate_seq missing');
+      assert.ok(records.faultSeq(i) <= records.mmuSeq(i), 'the fault snapshot cannot be newer than the VM sequence');
+      assert.ok(records.inProgress(i) >= 0, 'in_progress should be known (via the vCPU)');
+      assert.equal(records.vcpuId(i), 0);
+      assert.equal(records.repeat(i), 1);
+      vmIds.add(records.get(i).vmId);
+      if (gpa >= result.regionGpa) {
+        regionWrites++;
+        assert.equal(hva - regionHva, gpa - result.regionGpa, `hva ${hva.toString(16)} is not at gpa ${gpa.toString(16)}'s offset in the region`);
+        assert.ok(records.flags(i) & Flag.WRITE, 'the guest writes its region: a write fault');
+      }
+      assert.ok(records.mmuSeq(i) >= lastSeq, 'the VM sequence never goes back');
+      lastSeq = records.mmuSeq(i);
+    }
+    assert.equal(maps, result.total.faults);
+    assert.equal(regionWrites, 2 * 256);
+    assert.equal(vmIds.size, 1, 'one VM, one vm_id');
+    assert.ok(![...vmIds][0].startsWith('ffff'), 'vm_id must not look like a kernel pointer');
+    assert.ok(lastSeq > 0, 'mmu_invalidate_seq should have moved after MADV_DONTNEED');
+  });
+
+  it('with in-kernel coalescing the sum of repeat still equals pf_taken', async () => {
+    const { records, result, dropped } = await traceWorkload({ sizeMiB: 1, runs: 1 }, { coalesce: true });
+    assert.equal(dropped, 0);
+    assert.equal(countKind(records, Kind.MAP, result.tids[0]), result.total.faults);
+    for (let i = 0; i < records.length; i++) {
+      // a folded record (COALESCED) stands for repeats of the same thread's previous record of
+      // its kind, which went out on its own; anything else stands for itself alone
+      if (records.repeat(i) > 1) assert.ok(records.flags(i) & Flag.COALESCED, 'repeat > 1 without COALESCED');
+      if (!(records.flags(i) & Flag.COALESCED)) assert.equal(records.repeat(i), 1);
+    }
+  });
+});
