@@ -44,6 +44,17 @@ export const RET_PF_6_1: Readonly<RetPfTable> = Object.freeze({ CONTINUE: 0, RET
 /** v6.12 .. v6.18 (RET_PF_WRITE_PROTECTED inserted) */
 export const RET_PF_6_12: Readonly<RetPfTable> = Object.freeze({ CONTINUE: 0, RETRY: 1, EMULATE: 2, WRITE_PROTECTED: 3, INVALID: 4, FIXED: 5, SPURIOUS: 6 });
 
+/**
+ * The tracer's RET_PF_* (names as in the kernel: { RET_PF_RETRY: 1, ... }) as the detector's
+ * table ({ RETRY: 1, ... }); the 6.12+ values when the kernel's BTF did not have them.
+ */
+export function retPfTable(retPf: Readonly<Record<string, number>>): RetPfTable {
+  const t: Record<string, number> = {};
+  for (const [k, v] of Object.entries(retPf)) t[k.replace(/^RET_PF_/, '')] = v;
+  if (!Number.isInteger(t.RETRY) || !Number.isInteger(t.FIXED) || !Number.isInteger(t.SPURIOUS)) return { ...RET_PF_6_12 };
+  return t as unknown as RetPfTable;
+}
+
 export interface DetectorOptions {
   /** attempts on one gpa without progress before "stuck" (default 1000) */
   stuckAttempts?: number;

@@ -1,5 +1,4 @@
 /** Shared pieces of the live commands: opening the tracer with one-line errors, status lines. */
-import { RET_PF_6_12, RetPfTable } from '../detector';
 import { openTracer, Tracer, TracerError, TracerOptions } from '../tracer';
 import { CliError, EXIT_USAGE } from './errors';
 import type { LiveSession } from './lifecycle';
@@ -67,13 +66,3 @@ export class StatusLine {
   }
 }
 
-/**
- * The tracer's RET_PF_* (names as in the kernel: { RET_PF_RETRY: 1, ... }) as the detector's
- * table ({ RETRY: 1, ... }); the 6.12+ values when the kernel's BTF did not have them.
- */
-export function detectorRetPf(retPf: Readonly<Record<string, number>>): RetPfTable {
-  const t: Record<string, number> = {};
-  for (const [k, v] of Object.entries(retPf)) t[k.replace(/^RET_PF_/, '')] = v;
-  if (!Number.isInteger(t.RETRY) || !Number.isInteger(t.FIXED) || !Number.isInteger(t.SPURIOUS)) return { ...RET_PF_6_12 };
-  return t as unknown as RetPfTable;
-}

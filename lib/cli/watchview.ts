@@ -4,11 +4,11 @@
  * as plain lines when piped, as JSON lines with --json) and verdict changes become alerts.
  */
 import { readFileSync } from 'node:fs';
-import { formatDuration, StaleFaultDetector, Verdict, VmForecast } from '../detector';
+import { formatDuration, retPfTable, StaleFaultDetector, Verdict, VmForecast } from '../detector';
 import { hostKernel } from '../kernels';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
-import { announceMode, detectorRetPf, humanRate, openTracerForCli } from './live';
+import { announceMode, humanRate, openTracerForCli } from './live';
 import type { ModeChoice } from './options';
 
 export interface WatchOptions {
@@ -74,7 +74,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
   const kernel = hostKernel();
   const pending = new Map<number, Verdict>();
   const detector = new StaleFaultDetector({
-    retPf: detectorRetPf(tracer.retPf),
+    retPf: retPfTable(tracer.retPf),
     kernel,
     stuckAttempts: o.stuckAttempts,
     stuckNs: o.stuckSeconds === undefined ? undefined : o.stuckSeconds * 1e9,

@@ -5,12 +5,12 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Command } from 'commander';
-import { StaleFaultDetector } from '../../detector';
+import { retPfTable, StaleFaultDetector } from '../../detector';
 import { hostKernel } from '../../kernels';
 import { FaultMetrics } from '../../metrics';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
-import { detectorRetPf, openTracerForCli } from '../live';
+import { openTracerForCli } from '../live';
 import { listenAddress, mode, ModeChoice, pid, seconds } from '../options';
 
 interface Flags {
@@ -41,7 +41,7 @@ Scrape config and alert rules: docs/prometheus.md`)
       try {
         const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid }, session);
         const kernel = hostKernel();
-        const detector = new StaleFaultDetector({ retPf: detectorRetPf(tracer.retPf), kernel });
+        const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf), kernel });
         const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode });
         const server = http.createServer((req, res) => {
           if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {

@@ -7,12 +7,13 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { CaptureWriter } from '../../capture';
+import { retPfTable } from '../../detector';
 import { monotonicEpochMs } from '../../format';
 import { hostKernel } from '../../kernels';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
-import { announceMode, detectorRetPf, humanBytes, humanRate, openTracerForCli, StatusLine } from '../live';
+import { announceMode, humanBytes, humanRate, openTracerForCli, StatusLine } from '../live';
 import { byteSize, mode, ModeChoice, pid, seconds } from '../options';
 
 interface Flags {
@@ -74,7 +75,7 @@ terminal, and printed once at the end otherwise.`)
               hostKernel: hostKernel().release,
               procVersion,
               bootTimeMs: monotonicEpochMs(),
-              retPf: { ...detectorRetPf(tracer.retPf) },
+              retPf: { ...retPfTable(tracer.retPf) },
               mode: tracer.mode,
               rangeIsGfn: tracer.rangeIsGfn,
               pid: opts.pid ?? null,
