@@ -23,7 +23,7 @@ export interface AnalysisReport {
   bytes: number;
   kernel: KernelInfo | null;
   /** where the kernel came from */
-  kernelSource: 'option' | 'capture' | 'none';
+  kernelSource: 'option' | 'capture' | 'trace text' | 'none';
   retPf: RetPfTable;
   records: number;
   /** final verdict per vCPU thread (also those evicted during the run), stuck first */
@@ -33,7 +33,7 @@ export interface AnalysisReport {
   retrying: number;
   progressing: number;
   detector: DetectorStats;
-  importer: { lines: number; records: number; ignored: number; skipped: number; skippedLines: SkippedLine[] } | null;
+  importer: { lines: number; records: number; ignored: number; skipped: number; skippedLines: SkippedLine[]; kvmfaultText: boolean } | null;
   capture: { meta: CaptureMeta; damage: CaptureDamage[] } | null;
 }
 
@@ -113,12 +113,16 @@ export async function analyzeFile(path: string, options: AnalyzeOptions = {}): P
     }
     format = 'bpftrace';
     const imp = importBpftraceLog(text);
+    if (!kernel && imp.kernel) {
+      kernel = judgeKernel(imp.kernel);
+      kernelSource = 'trace text';
+    }
     // the incident's logs come from 6.1 hosts: MAP_RET ret = 4 is RET_PF_FIXED there
     retPf = kernel ? retPfFor(kernel) : { ...RET_PF_6_1 };
     detector = makeDetector(retPf);
     detector.push(imp.batch);
     records = imp.records;
-    importer = { lines: imp.lines, records: imp.records, ignored: imp.ignored, skipped: imp.skipped, skippedLines: imp.skippedLines };
+    importer = { lines: imp.lines, records: imp.records, ignored: imp.ignored, skipped: imp.skipped, skippedLines: imp.skippedLines, kvmfaultText: imp.kvmfaultText };
   }
 
   for (const v of detector.snapshot()) latest.set(v.tid, v);
@@ -148,11 +152,11 @@ export function formatReport(r: AnalysisReport): string {
   const out: string[] = [];
   const src = r.format === 'capture'
     ? `capture, ${r.records} records${r.capture?.meta.hostKernel ? `, traced on ${r.capture.meta.hostKernel}` : ''}`
-    : `bpftrace log, ${r.importer!.lines} lines -> ${r.records} records, ${r.importer!.skipped} line(s) skipped`;
+    : `${r.importer!.kvmfaultText ? 'kvmfault trace text' : 'bpftrace log'}, ${r.importer!.lines} lines -> ${r.records} records, ${r.importer!.skipped} line(s) skipped`;
   out.push(`${r.path}: ${src}`);
   if (r.kernel) {
     const st = r.kernel.affected === true ? 'AFFECTED' : r.kernel.affected === false ? 'not affected' : 'unknown';
-    out.push(`kernel ${r.kernel.release} (${r.kernelSource === 'option' ? '--kernel' : 'from the capture'}): sign-extension bug ${st}: ${r.kernel.reason}`);
+    out.push(`kernel ${r.kernel.release} (${r.kernelSource === 'option' ? '--kernel' : `from the ${r.kernelSource}`}): sign-extension bug ${st}: ${r.kernel.reason}`);
   } else {
     out.push('kernel: unknown (the log does not say; pass --kernel <release> of the traced host)');
   }

@@ -31,7 +31,7 @@ const LINE_KIND: readonly string[] = (() => {
   return names;
 })();
 
-const DAY_MS = 86400000;
+const DAY_US = 86_400_000_000;
 const MAX_THREADS = 65536;
 
 function pad2(n: number): string {
@@ -67,8 +67,9 @@ export class TextFormatter {
   /** "HH:MM:SS:micro" of a ts_ns */
   time(tsNs: number): string {
     if (tsNs === UNKNOWN) return '??:??:??:??????';
-    const ms = this.epochMs + this.tzOffsetMs + tsNs / 1e6;
-    const dayUs = Math.floor((((ms % DAY_MS) + DAY_MS) % DAY_MS) * 1000);
+    // in whole microseconds: ms fractions (tsNs / 1e6) round 20 us down to 19.999..
+    const us = Math.floor(tsNs / 1000 + (this.epochMs + this.tzOffsetMs) * 1000);
+    const dayUs = ((us % DAY_US) + DAY_US) % DAY_US;
     const s = Math.floor(dayUs / 1e6);
     const micro = dayUs - s * 1e6;
     return `${pad2(Math.floor(s / 3600))}:${pad2(Math.floor(s / 60) % 60)}:${pad2(s % 60)}:${String(micro).padStart(6, '0')}`;
@@ -135,6 +136,17 @@ export class TextFormatter {
     }
     return s;
   }
+}
+
+/**
+ * The first line of `kvmfault trace` text: it tells the importer (lib/import/bpftrace.ts) that
+ * every line is exactly one record (repeat in `repeat =`), unlike the incident's bpftrace logs,
+ * whose lines are a sample of the probe hits their "(N hits)" counter counts.
+ */
+export const TEXT_HEADER_PREFIX = '# kvmfault trace text v1';
+
+export function textHeader(detail: string): string {
+  return `${TEXT_HEADER_PREFIX}: one line per record${detail ? `; ${detail}` : ''}`;
 }
 
 /** One record as a JSON line (no newline): batch.get(i). */

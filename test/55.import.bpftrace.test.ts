@@ -2,8 +2,10 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { importBpftraceLog, looksLikeBpftraceLog } from '../lib/import/bpftrace';
 import { Flag, Kind, UNKNOWN } from '../lib/record';
-import { StaleFaultDetector } from '../lib/detector';
-import { fixturePath, prng } from './helpers/scenarios';
+import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
+import { TextFormatter, textHeader } from '../lib/format';
+import { EventBatch } from '../lib/record';
+import { fixturePath, invalidationStorm, invalidationStuck, prng, stuckSignExtension, stuckSmallSeq } from './helpers/scenarios';
 
 const STUCK = readFileSync(fixturePath('stuck-seq-sign-extension.log'), 'utf8');
 const PROGRESS = readFileSync(fixturePath('progress-hugepage-zeroing.log'), 'utf8');
@@ -127,4 +129,56 @@ describe('55 import: bpftrace logs of the incident', () => {
     }
     assert.ok(records > 1000, 'the fuzz kept producing parsable records too');
   });
+
+  describe("kvmfault's own trace text reads back", () => {
+    const sources = [invalidationStorm(20, 3), stuckSignExtension(1500), stuckSmallSeq(1500), invalidationStuck(1500, 1e6, true)];
+
+    function asText(batches: EventBatch[]): string {
+      const f = new TextFormatter({ epochMs: 0, utc: true });
+      const lines = [textHeader('mode kprobe, kernel 6.1.0')];
+      for (const b of batches) for (let i = 0; i < b.length; i++) lines.push(f.line(b, i));
+      return lines.join('\n') + '\n';
+    }
+
+    it('every field the text carries comes back (one record per line, repeat kept)', () => {
+      const text = asText(sources);
+      const r = importBpftraceLog(text);
+      assert.equal(r.skipped, 0, JSON.stringify(r.skippedLines));
+      assert.equal(r.kvmfaultText, true);
+      assert.equal(r.kernel, '6.1.0', 'the header names the traced kernel');
+      const total = sources.reduce((n, b) => n + b.length, 0);
+      assert.equal(r.records, total);
+      let k = 0;
+      for (const b of sources) {
+        for (let i = 0; i < b.length; i++, k++) {
+          const want = b.get(i), got = r.batch.get(k);
+          // the text has no VM id, and time of day in microseconds
+          assert.equal(r.batch.tsNs(k), Math.floor(b.tsNs(i) / 1000) * 1000, `record ${k} ts`);
+          for (const key of Object.keys(want) as (keyof typeof want)[]) {
+            if (key === 'tsNs' || key === 'vmId') continue;
+            assert.deepEqual(got[key], want[key], `record ${k} (${want.kind}) ${String(key)}`);
+          }
+        }
+      }
+    });
+
+    it('analysed from text, the verdicts equal those on the records', () => {
+      const verdicts = (batches: EventBatch[]) => {
+        const d = new StaleFaultDetector({ retPf: RET_PF_6_1 });
+        for (const b of batches) d.push(b);
+        return d.snapshot().map((v) => ({ tid: v.tid, state: v.state, cause: v.cause, gpa: v.gpa, attempts: v.attempts })).sort((a, b) => a.tid - b.tid);
+      };
+      const direct = verdicts(sources);
+      assert.deepEqual(direct.map((v) => v.state), ['progressing', 'stuck', 'stuck', 'stuck']);
+      assert.deepEqual(verdicts([importBpftraceLog(asText(sources)).batch]), direct);
+    });
+
+    it('without the header line the same text is read as an incident log (hit counters as attempts)', () => {
+      const text = asText([stuckSignExtension(10)]).split('\n').slice(1).join('\n');
+      const r = importBpftraceLog(text);
+      assert.equal(r.skipped, 0);
+      assert.ok(r.records >= 10);
+    });
+  });
 });
+

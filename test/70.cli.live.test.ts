@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { writeFileSync } from 'node:fs';
 import { cliSpawn, cliSync, kvmLinkIds, requireRootAndKvm, runWorkloadChild, Running, tmpFile, waitForStderr } from './70.cli.helpers';
 
 const ATTACHED = /probes attached\); Ctrl-C stops/;
@@ -57,11 +58,19 @@ describe('70 CLI live commands on a real guest', function () {
     const { code } = await t.exited;
     await w;
     assert.equal(code, 0, t.stderr());
-    const lines = t.stdout().trim().split('\n');
+    const [header, ...lines] = t.stdout().trim().split('\n');
+    assert.match(header, /^# kvmfault trace text v1: one line per record; mode \w+, kernel \S+/);
     assert.equal(lines.length, 5);
     for (const l of lines) {
       assert.match(l, /^\d\d:\d\d:\d\d:\d{6} tid\[\d+\] pid\[\d+\] (FAULT|MAP) @ rip [0-9a-f?]+ \(\d+ hits\), gpa = [0-9a-f]+/);
     }
+    // analyze reads the text back, with the kernel from the header
+    const file = tmpFile('trace.txt');
+    writeFileSync(file, t.stdout());
+    const a = cliSync(['analyze', '--json', file]);
+    const report = JSON.parse(a.stdout);
+    assert.equal(report.records, 5, a.stderr);
+    assert.equal(report.kernelSource, 'trace text');
   });
 
   it('record and watch on the same guest; record -> analyze gives the verdicts seen live; SIGINT leaves a valid capture', async () => {

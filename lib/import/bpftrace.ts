@@ -20,9 +20,16 @@
  * hits are retries of the same access; that is how the 13-line excerpt of a 90 000-attempt
  * hang still shows 90 000 attempts.
  *
+ * kvmfault's own `trace` text (lib/format.ts) reads back too: its extra kinds FAULT, FAULT_RET,
+ * INVALIDATE, INVALIDATE_END and EXIT, and its fields flags (error code), vcpu, repeat,
+ * fault seq, "range = gfn", an unknown rip ("rip ?") and a stale one ("rip 1000?"). Its first
+ * line (TEXT_HEADER_PREFIX) says every line is one record, so the hit counter is not turned into
+ * attempts there. Other lines starting with '#' are comments.
+ *
  * Email quoting ("> ", "> > "), blank lines and CRLF are tolerated; anything else that does not
  * parse is counted and the first few are reported with line numbers. Never throws on content.
  */
+import { TEXT_HEADER_PREFIX } from '../format';
 import { Kind, RecordWriter, RecordBatch, Flag } from '../record';
 
 export interface SkippedLine {
@@ -41,6 +48,10 @@ export interface BpftraceImport {
   skipped: number;
   /** the first `maxReported` skipped lines */
   skippedLines: SkippedLine[];
+  /** the text was kvmfault's own `trace` output (one record per line), not an incident log */
+  kvmfaultText: boolean;
+  /** the traced host's kernel release, when the text's header says it */
+  kernel: string | null;
 }
 
 export interface BpftraceImportOptions {
@@ -48,11 +59,15 @@ export interface BpftraceImportOptions {
   maxReported?: number;
 }
 
-const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d+)\]\s+pid\[(\d+)\]\s+([A-Z][A-Z_]*)\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16})(?:\s*\((\d+)\s+hits?\))?\s*,?\s*(.*)$/;
+const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d+)\]\s+pid\[(\d+)\]\s+([A-Z][A-Z_]*)\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16}|\?)(\?)?(?:\s*\((\d+)\s+hits?\))?\s*,?\s*(.*)$/;
 const FIELD = /([A-Za-z][A-Za-z_ -]*?)\s*=\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*\))?/g;
 const QUOTE = /^\s*(?:>\s?)+/;
 const DAY_NS = 86400e9;
-const DECIMAL_KEYS = new Set(['ret', 'in-prog', 'count', 'hits', 'tdp_mmu']);
+const DECIMAL_KEYS = new Set(['ret', 'in-prog', 'count', 'hits', 'tdp_mmu', 'vcpu', 'repeat']);
+const RANGE_GFN = /(?:^|[\s,:])range\s*=\s*gfn\b/;
+const UNKNOWN_RIP = (1n << 64n) - 1n;
+/** kinds whose lines carry no guest address */
+const NO_GPA = new Set<number>([Kind.INVALIDATE_START, Kind.INVALIDATE_END, Kind.EXIT]);
 const HEX64 = /^(?:0x)?[0-9a-f]{1,16}$/i;
 
 interface ThreadState {
@@ -87,6 +102,8 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
   let dayOffset = 0, lastTs = -1;
   const lineTexts = text.split('\n');
   const fields = new Map<string, string>();
+  let ownText = false; // kvmfault's own trace text: one record per line
+  let kernel: string | null = null;
 
   const skip = (line: number, raw: string, reason: string): void => {
     skipped++;
@@ -97,6 +114,13 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
     const raw = lineTexts[ln].replace(/\r$/, '');
     const line = raw.replace(QUOTE, '').trim();
     if (line === '') continue;
+    if (line.startsWith('#')) {
+      if (line.startsWith(TEXT_HEADER_PREFIX)) {
+        ownText = true;
+        kernel = /\bkernel ([^\s;,]+)/.exec(line)?.[1] ?? kernel;
+      }
+      continue;
+    }
     lines++;
     const m = HEAD.exec(line);
     if (!m) {
@@ -117,11 +141,13 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       skip(ln + 1, raw, 'tid/pid out of range');
       continue;
     }
-    const rip = BigInt('0x' + m[8]);
-    const hits = m[9] === undefined ? -1 : Number(m[9]);
+    const rip = m[8] === '?' ? UNKNOWN_RIP : BigInt('0x' + m[8]);
+    const ripStale = m[9] !== undefined;
+    const hits = m[10] === undefined ? -1 : Number(m[10]);
+    const rest = m[11];
     fields.clear();
     FIELD.lastIndex = 0;
-    for (let f = FIELD.exec(m[10]); f !== null; f = FIELD.exec(m[10])) {
+    for (let f = FIELD.exec(rest); f !== null; f = FIELD.exec(rest)) {
       const key = f[1].trim().toLowerCase().replace(/\s+/g, ' ');
       if (!fields.has(key)) fields.set(key, f[2]);
     }
@@ -132,12 +158,18 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       case 'MAP': case 'SPTE': kind = Kind.MAP; break;
       case 'MAP_RET': kind = Kind.FAULT_RET; break;
       case 'ITER': kind = 0; break;
+      // kvmfault's own trace text
+      case 'FAULT': kind = Kind.FAULT; break;
+      case 'FAULT_RET': kind = Kind.FAULT_RET; break;
+      case 'INVALIDATE': kind = Kind.INVALIDATE_START; break;
+      case 'INVALIDATE_END': kind = Kind.INVALIDATE_END; break;
+      case 'EXIT': kind = Kind.EXIT; break;
       default:
         skip(ln + 1, raw, `unknown line kind ${kindText}`);
         continue;
     }
     const gpaText = fields.get('gpa');
-    if (gpaText === undefined || !HEX64.test(gpaText)) {
+    if (!NO_GPA.has(kind) && (gpaText === undefined || !HEX64.test(gpaText))) {
       skip(ln + 1, raw, 'no gpa');
       continue;
     }
@@ -152,8 +184,9 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       if (!HEX64.test(t)) { bad = key; return null; }
       return BigInt(t.startsWith('0x') || t.startsWith('0X') ? t : '0x' + t);
     };
-    const gpa = num('gpa')!, hva = num('hva'), pfn = num('pfn'), seq = num('mmu seq');
+    const gpa = num('gpa'), hva = num('hva'), pfn = num('pfn'), seq = num('mmu seq');
     const inProg = num('in-prog'), start = num('start'), end = num('end'), ret = num('ret');
+    const errorCode = num('flags'), vcpu = num('vcpu'), repeatField = num('repeat'), faultSeq = num('fault seq');
     if (bad) {
       skip(ln + 1, raw, `bad value for ${bad}`);
       continue;
@@ -162,6 +195,12 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       skip(ln + 1, raw, 'ret out of range');
       continue;
     }
+    if ((vcpu !== null && (vcpu < 0n || vcpu >= 0xffffffffn)) || (repeatField !== null && (repeatField < 1n || repeatField > 0xfffffffen))) {
+      skip(ln + 1, raw, 'vcpu/repeat out of range');
+      continue;
+    }
+    const repeat = repeatField === null ? 1 : Number(repeatField);
+    const flags = (ripStale ? Flag.RIP_STALE : 0) | (RANGE_GFN.test(rest) ? Flag.RANGE_GFN : 0);
 
     // hit counter -> attempts (see the header comment)
     const ripLo = Number(rip & 0xffffffffn), ripHi = Number(rip >> 32n);
@@ -184,9 +223,12 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       writer.setU64(r, 'ts_ns', ts);
       writer.setU32(r, 'pid', pid);
       writer.setU32(r, 'tid', tid);
-      writer.setU64(r, 'rip', rip);
-      writer.setU64(r, 'gpa', gpa);
+      if (rip !== UNKNOWN_RIP) writer.setU64(r, 'rip', rip);
+      if (gpa !== null) writer.setU64(r, 'gpa', gpa);
       if (hva !== null) writer.setU64(r, 'hva', hva);
+      if (vcpu !== null) writer.setU32(r, 'vcpu_id', Number(vcpu));
+      if (faultSeq !== null) writer.setU64(r, 'fault_seq', faultSeq);
+      if (errorCode !== null && (k === Kind.FAULT || k === Kind.FAULTIN)) writer.setU64(r, 'error_code', errorCode);
       if (pfn !== null && k !== Kind.FAULTIN) writer.setU64(r, 'pfn', pfn);
       if (seq !== null) writer.setU64(r, 'mmu_seq', seq);
       if (inProg !== null) writer.setInProgress(r, Number(inProg));
@@ -195,12 +237,16 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       if (ret !== null && k !== Kind.FAULTIN) writer.setRet(r, Number(ret));
       if (repeat > 1) {
         writer.setU32(r, 'repeat', Math.min(repeat, 0xfffffffe));
-        writer.setFlags(r, Flag.COALESCED);
+        writer.setFlags(r, flags | Flag.COALESCED);
+      } else if (flags) {
+        writer.setFlags(r, flags);
       }
     };
 
     if (kind === 0) {
       ignored++;
+    } else if (ownText) {
+      emit(kind, repeat);
     } else if (kind === Kind.FAULTIN) {
       emit(Kind.FAULTIN, Math.max(1, gap));
       th.lastFaultinHits = th.hits;
@@ -213,10 +259,10 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
         emit(Kind.FAULTIN, 1);
         th.lastFaultinHits = 0;
       }
-      emit(Kind.FAULTIN_RET, 1);
+      emit(Kind.FAULTIN_RET, repeat);
     } else {
-      emit(kind, 1);
+      emit(kind, repeat);
     }
   }
-  return { batch: writer.batch(), lines, records: writer.count, ignored, skipped, skippedLines };
+  return { batch: writer.batch(), lines, records: writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel };
 }

@@ -2,8 +2,9 @@
  * kvmfault trace: live records as text (the incident's bpftrace line format) or JSON lines.
  * Exit: 0 (also after -n, --duration, EPIPE), 130/143 after SIGINT/SIGTERM, 2 cannot trace.
  */
+import { release as osRelease } from 'node:os';
 import type { Command } from 'commander';
-import { TextFormatter, jsonLine } from '../../format';
+import { TextFormatter, jsonLine, textHeader } from '../../format';
 import { EventBatch } from '../../record';
 import { startSession } from '../lifecycle';
 import { announceMode, humanRate, openTracerForCli, StatusLine } from '../live';
@@ -55,6 +56,7 @@ A status line (rate, drops) goes to stderr when stderr is a terminal.`)
         const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid, coalesce: !!opts.coalesce }, session);
         announceMode(tracer, 'tracing');
         const text = opts.json ? null : new TextFormatter();
+        if (text) process.stdout.write(textHeader(`mode ${tracer.mode}, kernel ${osRelease()}`) + '\n');
         const tids = opts.tid && opts.tid.length ? new Set(opts.tid) : null;
         const page = opts.gpa;
         const kinds = opts.kind;
