@@ -8,10 +8,9 @@
  *   node dist/bench/e2e.js [--quick] [--repeats N] [--no-record] [--json]
  */
 import { StaleFaultDetector } from '../lib/detector';
-import { EventStream } from '../lib/stream';
 import type { WorkloadOptions } from '../lib/workload';
 import { appendResults, benchEnv, BenchError, fmtSpread, parseFlags, requireRoot, runMain, Spread, spread } from './common';
-import { openKvmTracer, spawnWorkload } from './kvm';
+import { spawnWorkload, traceWorkloadChild } from './kvm';
 
 export type E2eMode = 'off' | 'trace' | 'trace+detector';
 
@@ -50,8 +49,8 @@ export interface E2eResult {
 const DEFAULT_WORKLOAD = { pattern: 'sequential', sizeMiB: 64, runs: 6, invalidate: 'between' } as const;
 
 async function once(mode: E2eMode, workload: E2eOptions['workload'] & object): Promise<E2eRun & { host: string }> {
-  const child = spawnWorkload(workload);
   if (mode === 'off') {
+    const child = spawnWorkload(workload);
     child.go();
     const r = await child.done;
     const guestS = r.runs.reduce((a, x) => a + x.durationMs, 0) / 1e3;
@@ -60,47 +59,9 @@ async function once(mode: E2eMode, workload: E2eOptions['workload'] & object): P
       recordsPerFault: 0, consumerCpuPct: 0, verdicts: '', host: r.host,
     };
   }
-  let tracer;
-  try {
-    tracer = openKvmTracer({ pid: child.pid });
-  } catch (e) {
-    child.child.kill('SIGKILL');
-    throw e;
-  }
-  const abort = new AbortController();
-  const stream = new EventStream(tracer.ringFd(), { signal: abort.signal });
   const detector = mode === 'trace+detector' ? new StaleFaultDetector() : null;
-  let records = 0;
-  let submitted = Infinity;
-  let failure: unknown = null;
-  child.done.then(
-    () => {
-      submitted = tracer!.stats().submitted; // the workload exited: no more records
-      if (records >= submitted) abort.abort();
-    },
-    (e) => {
-      failure = e;
-      abort.abort();
-    },
-  );
-  const cpu0 = process.cpuUsage();
-  const t0 = process.hrtime.bigint();
-  child.go();
-  try {
-    for await (const batch of stream) {
-      records += batch.length;
-      if (detector) detector.push(batch);
-      if (records >= submitted) break;
-    }
-  } finally {
-    stream.close();
-  }
-  const cpu = process.cpuUsage(cpu0);
-  const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
-  const stats = tracer.stats();
-  tracer.close();
-  if (failure) throw failure;
-  const r = await child.done;
+  const t = await traceWorkloadChild(workload, detector ? (b) => detector.push(b) : undefined);
+  const { result: r, records, cpu, wallS } = t;
   const guestS = r.runs.reduce((a, x) => a + x.durationMs, 0) / 1e3;
   let verdicts = '';
   if (detector) {
@@ -114,7 +75,7 @@ async function once(mode: E2eMode, workload: E2eOptions['workload'] & object): P
     faultsPerSec: r.total.faults / guestS,
     records,
     recordsPerSec: records / guestS,
-    dropped: stats.dropped,
+    dropped: t.statsAfter.dropped,
     recordsPerFault: records / r.total.faults,
     consumerCpuPct: (100 * (cpu.user + cpu.system)) / 1e6 / wallS,
     verdicts,

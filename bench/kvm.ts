@@ -3,12 +3,14 @@
  * the tracer are separate processes, as on a real host) and the live tracer on its pid.
  *
  * The tracer is driven through the addon's Tracer (native/addon/tracer.cc) in tracepoint mode,
- * the one mode this machine's kernel offers; when lib/tracer.ts (openTracer) lands this is the
- * place to switch to it.
+ * the one mode this machine's kernel offers, with the ring read by an EventStream: the layers a
+ * consumer pays for, without openTracer's mode probing (auto tries fentry first) in every run.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import { native } from '../lib/native';
+import type { EventBatch } from '../lib/record';
+import { EventStream } from '../lib/stream';
 import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { BenchError } from './common';
 
@@ -93,4 +95,68 @@ export function spawnWorkload(options: Omit<WorkloadOptions, 'signal' | 'onStart
   });
   if (child.pid === undefined) throw new BenchError('the workload process did not start');
   return { pid: child.pid, child, go: () => child.stdin!.end('go\n'), done };
+}
+
+export interface TracedWorkload {
+  result: WorkloadResult;
+  /** records read from the ring: every one the programs submitted */
+  records: number;
+  statsBefore: ReturnType<KvmTracer['stats']>;
+  statsAfter: ReturnType<KvmTracer['stats']>;
+  /** this process's CPU time and the wall time from go() to the last record */
+  cpu: NodeJS.CpuUsage;
+  wallS: number;
+}
+
+/**
+ * Runs the workload in a child with a KVM tracer on its pid and reads every record it causes:
+ * once the child has exited, the count the kernel says it submitted is the end of the stream.
+ */
+export async function traceWorkloadChild(
+  workload: Parameters<typeof spawnWorkload>[0],
+  onBatch?: (batch: EventBatch) => void,
+): Promise<TracedWorkload> {
+  const child = spawnWorkload(workload);
+  let tracer: KvmTracer;
+  try {
+    tracer = openKvmTracer({ pid: child.pid });
+  } catch (e) {
+    child.child.kill('SIGKILL');
+    throw e;
+  }
+  const abort = new AbortController();
+  const stream = new EventStream(tracer.ringFd(), { signal: abort.signal });
+  let records = 0;
+  let submitted = Infinity;
+  let failure: unknown = null;
+  child.done.then(
+    () => {
+      submitted = tracer.stats().submitted; // the workload exited: no more records
+      if (records >= submitted) abort.abort();
+    },
+    (e) => {
+      failure = e;
+      abort.abort();
+    },
+  );
+  const statsBefore = tracer.stats();
+  const cpu0 = process.cpuUsage();
+  const t0 = process.hrtime.bigint();
+  child.go();
+  try {
+    for await (const batch of stream) {
+      records += batch.length;
+      onBatch?.(batch);
+      if (records >= submitted) break;
+    }
+    const cpu = process.cpuUsage(cpu0);
+    const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
+    if (failure) throw failure;
+    const result = await child.done;
+    return { result, records, statsBefore, statsAfter: tracer.stats(), cpu, wallS };
+  } finally {
+    stream.close();
+    tracer.close();
+    if (child.child.exitCode === null) child.child.kill('SIGKILL');
+  }
 }

@@ -18,7 +18,7 @@ import {
   appendResults, benchEnv, BenchError, bpfProgStats, enableBpfStats, hasCommand, parseFlags, progDeltas,
   requireRoot, runMain, sleep, spawnLoadgen, spread, Spread,
 } from './common';
-import { openKvmTracer, spawnWorkload } from './kvm';
+import { traceWorkloadChild } from './kvm';
 import { bpftraceScript, openProducer } from './ring';
 
 export interface ProgramCost {
@@ -44,39 +44,12 @@ export interface ProbeCostResult {
 const TARGET_NS = 150;
 
 async function kvmTracerCost(workload: Record<string, unknown>): Promise<{ name: string; runCount: number; runTimeNs: number }[]> {
-  const child = spawnWorkload(workload);
-  let tracer;
-  try {
-    tracer = openKvmTracer({ pid: child.pid });
-  } catch (e) {
-    child.child.kill('SIGKILL');
-    throw e;
-  }
-  const abort = new AbortController();
-  const stream = new EventStream(tracer.ringFd(), { signal: abort.signal });
-  const before = tracer.stats().programs;
-  let records = 0, submitted = Infinity;
-  child.done.then(() => {
-    submitted = tracer!.stats().submitted;
-    if (records >= submitted) abort.abort();
-  }, () => abort.abort());
-  child.go();
-  try {
-    for await (const batch of stream) {
-      records += batch.length;
-      if (records >= submitted) break;
-    }
-    await child.done;
-    const after = tracer.stats();
-    if (!after.bpfStatsEnabled) throw new BenchError('kernel.bpf_stats_enabled is off: the tracer saw no run times');
-    return after.programs.map((p) => {
-      const b = before.find((x) => x.name === p.name);
-      return { name: p.name, runCount: p.runCount - (b?.runCount ?? 0), runTimeNs: p.runTimeNs - (b?.runTimeNs ?? 0) };
-    }).filter((p) => p.runCount > 0);
-  } finally {
-    stream.close();
-    tracer.close();
-  }
+  const t = await traceWorkloadChild(workload);
+  if (!t.statsAfter.bpfStatsEnabled) throw new BenchError('kernel.bpf_stats_enabled is off: the tracer saw no run times');
+  return t.statsAfter.programs.map((p) => {
+    const b = t.statsBefore.programs.find((x) => x.name === p.name);
+    return { name: p.name, runCount: p.runCount - (b?.runCount ?? 0), runTimeNs: p.runTimeNs - (b?.runTimeNs ?? 0) };
+  }).filter((p) => p.runCount > 0);
 }
 
 async function ringtestCost(calls: number): Promise<{ name: string; runCount: number; runTimeNs: number }[]> {

@@ -15,21 +15,10 @@
  * Allocation: the output string and its pieces only; per-thread hit counters live in typed
  * arrays indexed through a Map (a new entry per new thread, not per record).
  */
-import { EventBatch, Flag, Kind, UNKNOWN, UNKNOWN_RET } from './record';
+import { EventBatch, Flag, Kind, kindName, UNKNOWN, UNKNOWN_RET } from './record';
 
-const LINE_KIND: readonly string[] = (() => {
-  const names = new Array<string>(16).fill('UNKNOWN');
-  names[Kind.FAULT] = 'FAULT';
-  names[Kind.FAULTIN] = 'FAULTIN';
-  names[Kind.FAULTIN_RET] = 'FAULTIN_RET';
-  names[Kind.MAP] = 'MAP';
-  names[Kind.FAULT_RET] = 'FAULT_RET';
-  names[Kind.INVALIDATE_START] = 'INVALIDATE';
-  names[Kind.INVALIDATE_END] = 'INVALIDATE_END';
-  names[Kind.EXIT] = 'EXIT';
-  names[Kind.TEST] = 'TEST';
-  return names;
-})();
+/** the incident's line kinds: the record kind names in capitals ('invalidate' -> INVALIDATE) */
+const LINE_KIND: readonly string[] = Array.from({ length: 16 }, (_, k) => kindName(k).toUpperCase());
 
 const DAY_US = 86_400_000_000;
 const MAX_THREADS = 65536;
