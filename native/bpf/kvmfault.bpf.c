@@ -168,59 +168,77 @@ static __always_inline bool begin(struct kvmfault_event *e, __u16 kind)
 	return true;
 }
 
+/* The VM this process runs, for invalidations (their tracepoint has no kvm): once per fault. */
 static __always_inline void remember_kvm(__u32 tgid, struct kvm *kvm)
 {
 	__u64 k = (__u64)kvm;
+	if (!kvm)
+		return;
 	__u64 *seen = bpf_map_lookup_elem(&kvm_of_tgid, &tgid);
 	if (!seen || *seen != k)
 		bpf_map_update_elem(&kvm_of_tgid, &tgid, &k, BPF_ANY);
 }
 
-/* The VM's invalidation state and the vCPU's identity and RIP. */
-static __always_inline void fill_vcpu(struct kvmfault_event *e, struct kvm_vcpu *vcpu)
+/* The VM's invalidation state and the vCPU's identity and RIP: three reads (the vCPU's head,
+ * its RIP slot + regs_avail, the VM's invalidation fields), see span_read(). */
+static __always_inline struct kvm *fill_vcpu(struct kvmfault_event *e, struct kvm_vcpu *vcpu)
 {
+	__u8 buf[KF_SPAN_MAX];
 	if (!vcpu)
-		return;
-	struct kvm *kvm = BPF_CORE_READ(vcpu, kvm);
-	if (!kvm)
-		return;
-	e->vcpu_id = BPF_CORE_READ(vcpu, vcpu_id);
+		return NULL;
+	__u32 lo = bpf_core_field_offset(vcpu->kvm);
+	__u32 hi = FIELD_END(vcpu->vcpu_id);
+	if (hi < FIELD_END(vcpu->kvm))
+		hi = FIELD_END(vcpu->kvm);
+	if (!span_read(buf, vcpu, lo, hi))
+		return NULL;
+	struct kvm *kvm = (struct kvm *)SPAN_FIELD(buf, lo, vcpu->kvm);
+	if (!kvm || kvm == (struct kvm *)KF_UNKNOWN_U64)
+		return NULL;
+	e->vcpu_id = SPAN_FIELD(buf, lo, vcpu->vcpu_id);
 	e->vm_id = vm_hash((__u64)kvm);
-	remember_kvm(e->pid, kvm);
 
-	/* RIP from the register cache: fresh only if the exit path marked it available */
+	/* RIP from the register cache: fresh only if the exit path marked it available.
+	 * regs_avail follows regs[] (RIP is the last register) in struct kvm_vcpu_arch. */
 	int rip_idx = bpf_core_enum_value(enum kvm_reg, VCPU_REGS_RIP);
 	if (rip_idx >= 0 && rip_idx < 17) {
-		e->rip = BPF_CORE_READ(vcpu, arch.regs[rip_idx]);
-		if (bpf_core_field_exists(vcpu->arch.regs_avail) &&
-		    !(BPF_CORE_READ(vcpu, arch.regs_avail) & (1u << rip_idx)))
-			e->flags |= KF_FLAG_RIP_STALE;
+		__u32 rip_off = bpf_core_field_offset(vcpu->arch.regs) + rip_idx * 8;
+		bool avail = bpf_core_field_exists(vcpu->arch.regs_avail);
+		__u32 rip_hi = avail ? FIELD_END(vcpu->arch.regs_avail) : rip_off + 8;
+		if (span_read(buf, vcpu, rip_off, rip_hi)) {
+			e->rip = span_field(buf, rip_off, rip_off, 8);
+			if (avail && !(SPAN_FIELD(buf, rip_off, vcpu->arch.regs_avail) & (1u << rip_idx)))
+				e->flags |= KF_FLAG_RIP_STALE;
+		}
 	}
 
-	e->mmu_seq = kvm_invalidate_seq(kvm);
-	e->in_progress = kvm_invalidate_in_progress(kvm);
-	kvm_invalidate_range(kvm, &e->range_start, &e->range_end);
+	kvm_invalidate_state(kvm, &e->mmu_seq, &e->in_progress, &e->range_start, &e->range_end);
 	if (range_is_gfn)
 		e->flags |= KF_FLAG_RANGE_GFN;
+	return kvm;
 }
 
-/* What a struct kvm_page_fault says about the fault. */
-static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page_fault *fault)
+/* What a struct kvm_page_fault says about the fault (one read of the struct, one of the slot). */
+static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page_fault *fault, bool with_pfn)
 {
-	if (!fault)
+	__u8 buf[KF_SPAN_MAX];
+	struct kvm_page_fault *f = fault ? fault_copy(buf, fault) : NULL;
+	if (!f)
 		return;
-	__u64 gfn = BPF_CORE_READ(fault, gfn);
-	bool tdp = BPF_CORE_READ(fault, is_tdp);
+	__u64 gfn = f->gfn;
+	bool tdp = f->is_tdp;
 	/* fault->addr is a guest-virtual address under shadow paging: gfn is the physical page */
-	e->gpa = tdp ? BPF_CORE_READ(fault, addr) : gfn << 12;
-	e->error_code = fault_error_code(fault);
-	e->hva = fault_hva(fault, gfn);
-	e->fault_seq = fault_seq(fault);
-	if (BPF_CORE_READ(fault, write))
+	e->gpa = tdp ? f->addr : gfn << 12;
+	e->error_code = fault_error_code(f);
+	e->hva = fault_hva(f, gfn);
+	e->fault_seq = fault_seq(f);
+	if (with_pfn)
+		e->pfn = f->pfn;
+	if (f->write)
 		e->flags |= KF_FLAG_WRITE;
-	if (BPF_CORE_READ(fault, exec))
+	if (f->exec)
 		e->flags |= KF_FLAG_EXEC;
-	if (BPF_CORE_READ(fault, present))
+	if (f->present)
 		e->flags |= KF_FLAG_PRESENT;
 	if (tdp)
 		e->flags |= KF_FLAG_TDP;
@@ -401,7 +419,7 @@ static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, _
 	remember_vcpu(vcpu);
 	e.gpa = addr;
 	e.error_code = error_code;
-	fill_vcpu(&e, vcpu);
+	remember_kvm(e.pid, fill_vcpu(&e, vcpu));
 	emit(&e);
 	return 0;
 }
@@ -412,9 +430,8 @@ static __always_inline int on_spte_requested(struct kvm_page_fault *fault)
 	if (!begin(&e, KF_MAP))
 		return 0;
 	flush_held_walks(e.tid);  /* the fault's own walk (and any unmapped one before it) first */
-	fill_vcpu(&e, current_vcpu());
-	fill_fault(&e, fault);
-	e.pfn = BPF_CORE_READ(fault, pfn);
+	remember_kvm(e.pid, fill_vcpu(&e, current_vcpu()));
+	fill_fault(&e, fault, true);
 	emit(&e);
 	return 0;
 }
@@ -471,9 +488,9 @@ static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page
 	struct kvmfault_event e;
 	if (!begin(&e, KF_FAULT))
 		return 0;
-	fill_vcpu(&e, vcpu);
+	remember_kvm(e.pid, fill_vcpu(&e, vcpu));
 	if (fault) {
-		fill_fault(&e, fault);
+		fill_fault(&e, fault, false);
 		/* fault->mmu_seq is snapshotted inside the fault-in step: still stale here */
 		e.fault_seq = KF_UNKNOWN_U64;
 	} else {
@@ -500,8 +517,7 @@ static __always_inline int on_fault_return(int ret)
 		/* through a typed local: a cast inside BPF_CORE_READ would relocate against
 		 * struct entry_ctx (the cast's operand), which no kernel has */
 		struct kvm_page_fault *fault = (void *)c->fault;
-		fill_fault(&e, fault);
-		e.pfn = BPF_CORE_READ(fault, pfn);
+		fill_fault(&e, fault, true);
 	} else {
 		e.gpa = c->gpa;
 		e.error_code = c->error_code;
@@ -521,7 +537,7 @@ static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_pa
 	if (!begin(&e, KF_FAULTIN))
 		return 0;
 	fill_vcpu(&e, vcpu);
-	fill_fault(&e, fault);  /* pfn not resolved yet: stays unknown */
+	fill_fault(&e, fault, false);  /* pfn not resolved yet: stays unknown */
 	e.fault_seq = KF_UNKNOWN_U64;  /* the snapshot is taken inside this function */
 	emit(&e);
 	return 0;
@@ -539,8 +555,7 @@ static __always_inline int on_faultin_return(int ret)
 		return 0;
 	struct kvm_page_fault *fault = (struct kvm_page_fault *)c->fault;
 	fill_vcpu(&e, (struct kvm_vcpu *)c->vcpu);
-	fill_fault(&e, fault);
-	e.pfn = BPF_CORE_READ(fault, pfn);
+	fill_fault(&e, fault, true);
 	e.ret = ret;
 	emit(&e);
 	return 0;
