@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { EventStream } from '../lib/stream';
-import { checkRecord, openRingTest, RingTest } from './20.ring.setup';
+import { openRingTest, receiveInOrder, RingTest } from './20.ring.setup';
 
 /**
  * Starts a node child that waits for a line on stdin, then runs `body` (which calls
@@ -42,11 +42,7 @@ describe('20 ring live producers (real kernel, raw tracepoint)', function () {
     producer.setTarget(child.pid!);
     const stream = new EventStream(producer.ringFd(), { signal: AbortSignal.timeout(30_000) });
     child.stdin!.write('go\n');
-    let expected = 0;
-    for await (const b of stream) {
-      for (let i = 0; i < b.length; i++) assert.equal(checkRecord(b, i), expected++);
-      if (expected >= total) break;
-    }
+    const expected = await receiveInOrder(stream, total);
     const k = producer.stats();
     assert.equal(expected, total, `received ${expected} of ${total} (kernel: ${JSON.stringify(k)})`);
     assert.equal(k.submitted, total);
@@ -73,11 +69,7 @@ describe('20 ring live producers (real kernel, raw tracepoint)', function () {
     producer.setTarget(child.pid!);
     const stream = new EventStream(producer.ringFd(), { tailTimerMs: 0, signal: AbortSignal.timeout(30_000) });
     child.stdin!.write('go\n');
-    let expected = 0;
-    for await (const b of stream) {
-      for (let i = 0; i < b.length; i++) assert.equal(checkRecord(b, i), expected++);
-      if (expected >= total) break;
-    }
+    const expected = await receiveInOrder(stream, total);
     const k = producer.stats();
     assert.equal(k.dropped, 0, 'the 64 KiB ring overflowed: the consumer fell behind');
     assert.equal(expected, total,
@@ -101,11 +93,7 @@ describe('20 ring live producers (real kernel, raw tracepoint)', function () {
       setImmediate(produce); // after the stream's next() has pulled, found nothing and armed the poll
     };
     setImmediate(produce);
-    let expected = 0;
-    for await (const b of stream) {
-      for (let j = 0; j < b.length; j++) assert.equal(checkRecord(b, j), expected++);
-      if (expected >= total) break;
-    }
+    const expected = await receiveInOrder(stream, total);
     assert.equal(expected, total, `lost wakeup: received ${expected} of ${total}; the stream waited 30 s`);
     assert.ok(stream.stats.wakeups > bursts / 2, `only ${stream.stats.wakeups} wakeups for ${bursts} bursts`);
   });

@@ -55,6 +55,16 @@ export function checkRecord(batch: EventBatch, i: number): number {
   return seq;
 }
 
+/** Reads until `total` records arrived, each checked to be the next in sequence; returns the count. */
+export async function receiveInOrder(stream: AsyncIterable<EventBatch>, total: number): Promise<number> {
+  let expected = 0;
+  for await (const b of stream) {
+    for (let i = 0; i < b.length; i++) assert.equal(checkRecord(b, i), expected++);
+    if (expected >= total) break;
+  }
+  return expected;
+}
+
 /** node --expose-gc without the flag: a gc() that also lets external-buffer finalizers run. */
 export async function collectGarbage(): Promise<void> {
   // eslint-disable-next-line @typescript-eslint/no-var-requires

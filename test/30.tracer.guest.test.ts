@@ -5,9 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { Flag, Kind, RecordBatch, RECORD_SIZE, UNKNOWN } from '../lib/record';
-import { openTracer, TracerOptions } from '../lib/tracer';
-import { runWorkload, WorkloadOptions, WorkloadResult } from '../lib/workload';
+import type { TracerOptions } from '../lib/tracer';
+import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { requireGuestHost } from './30.tracer.setup';
+import { traceOwnWorkload } from './helpers/traced';
 
 interface Captured {
   records: RecordBatch;
@@ -17,27 +18,13 @@ interface Captured {
 
 /** Traces this process while the workload runs; returns a copy of every record. */
 async function traceWorkload(workload: WorkloadOptions, options: TracerOptions = {}): Promise<Captured> {
-  const tracer = await openTracer({ mode: 'tracepoint', pid: process.pid, ...options });
-  const stop = new AbortController();
   const kept: Uint8Array[] = [];
-  const drain = (async () => {
-    for await (const batch of tracer.events({ signal: stop.signal })) {
-      for (let i = 0; i < batch.length; i++) kept.push(batch.recordBytes(i).slice());
-    }
-  })();
-  try {
-    const result = await runWorkload({ vms: 1, vcpus: 1, ...workload });
-    await new Promise((r) => setTimeout(r, 200)); // the ring's tail timer delivers the last records
-    stop.abort();
-    await drain;
-    const bytes = new Uint8Array(kept.length * RECORD_SIZE);
-    kept.forEach((r, i) => bytes.set(r, i * RECORD_SIZE));
-    return { records: RecordBatch.fromPacked(bytes), result, dropped: tracer.stats().dropped };
-  } finally {
-    stop.abort();
-    tracer.close();
-    await drain.catch(() => undefined);
-  }
+  const { result, dropped } = await traceOwnWorkload({ vms: 1, vcpus: 1, ...workload }, options, (batch) => {
+    for (let i = 0; i < batch.length; i++) kept.push(batch.recordBytes(i).slice());
+  });
+  const bytes = new Uint8Array(kept.length * RECORD_SIZE);
+  kept.forEach((r, i) => bytes.set(r, i * RECORD_SIZE));
+  return { records: RecordBatch.fromPacked(bytes), result, dropped };
 }
 
 function countKind(b: RecordBatch, kind: number, tid: number): number {

@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { StaleFaultDetector, Verdict } from '../lib/detector';
 import { Kind } from '../lib/record';
-import { openTracer } from '../lib/tracer';
-import { runWorkload, WorkloadOptions, WorkloadResult } from '../lib/workload';
+import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { requireKvm } from './helpers/kvm';
+import { traceOwnWorkload } from './helpers/traced';
 
 interface Traced {
   result: WorkloadResult;
@@ -23,33 +23,18 @@ interface Traced {
 
 /** Runs the workload under a live tracer (pid filter) with the detector on every batch. */
 async function traced(options: WorkloadOptions, detectorOptions = {}): Promise<Traced> {
-  const tracer = await openTracer({ mode: 'tracepoint', pid: process.pid, ringBytes: 64 << 20 });
-  const stop = new AbortController();
   const mapsByTid = new Map<number, number>();
   const changes: Verdict[] = [];
   const detector = new StaleFaultDetector({ ...detectorOptions, onVerdict: (v) => changes.push(v) });
   let records = 0;
-  const drain = (async () => {
-    for await (const batch of tracer.events({ signal: stop.signal })) {
-      detector.push(batch);
-      for (let i = 0; i < batch.length; i++) {
-        records++;
-        if (batch.kind(i) === Kind.MAP) mapsByTid.set(batch.tid(i), (mapsByTid.get(batch.tid(i)) ?? 0) + batch.repeat(i));
-      }
+  const run = await traceOwnWorkload(options, { ringBytes: 64 << 20 }, (batch) => {
+    detector.push(batch);
+    for (let i = 0; i < batch.length; i++) {
+      records++;
+      if (batch.kind(i) === Kind.MAP) mapsByTid.set(batch.tid(i), (mapsByTid.get(batch.tid(i)) ?? 0) + batch.repeat(i));
     }
-  })();
-  try {
-    const result = await runWorkload(options);
-    await new Promise((r) => setTimeout(r, 200)); // the ring's tail timer delivers the last records
-    stop.abort();
-    await drain;
-    const verdicts = detector.snapshot();
-    return { result, mapsByTid, records, dropped: tracer.stats().dropped, verdicts, changes, mode: tracer.mode };
-  } finally {
-    stop.abort();
-    tracer.close();
-    await drain.catch(() => undefined);
-  }
+  });
+  return { result: run.result, mapsByTid, records, dropped: run.dropped, verdicts: detector.snapshot(), changes, mode: run.mode };
 }
 
 const sum = (m: Map<number, number>, tids: number[]) => tids.reduce((s, t) => s + (m.get(t) ?? 0), 0);
