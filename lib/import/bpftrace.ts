@@ -30,7 +30,7 @@
  * parse is counted and the first few are reported with line numbers. Never throws on content.
  */
 import { TEXT_HEADER_PREFIX } from '../format';
-import { Kind, RecordWriter, RecordBatch, Flag } from '../record';
+import { Flag, Kind, kindFromName, RecordBatch, RecordWriter } from '../record';
 
 export interface SkippedLine {
   line: number;
@@ -151,22 +151,19 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       const key = f[1].trim().toLowerCase().replace(/\s+/g, ' ');
       if (!fields.has(key)) fields.set(key, f[2]);
     }
-    let kind: number;
+    // the incident's own kinds; the others (FAULTIN, FAULTIN_RET, MAP and kvmfault's FAULT,
+    // FAULT_RET, INVALIDATE, INVALIDATE_END, EXIT) are the record kind names in capitals, as
+    // lib/format.ts prints them
+    let kind: number | undefined;
     switch (kindText) {
-      case 'FAULTIN': kind = Kind.FAULTIN; break;
-      case 'FAULTIN_RET': kind = Kind.FAULTIN_RET; break;
-      case 'MAP': case 'SPTE': kind = Kind.MAP; break;
+      case 'SPTE': kind = Kind.MAP; break;
       case 'MAP_RET': kind = Kind.FAULT_RET; break;
       case 'ITER': kind = 0; break;
-      // kvmfault's own trace text
-      case 'FAULT': kind = Kind.FAULT; break;
-      case 'FAULT_RET': kind = Kind.FAULT_RET; break;
-      case 'INVALIDATE': kind = Kind.INVALIDATE_START; break;
-      case 'INVALIDATE_END': kind = Kind.INVALIDATE_END; break;
-      case 'EXIT': kind = Kind.EXIT; break;
-      default:
-        skip(ln + 1, raw, `unknown line kind ${kindText}`);
-        continue;
+      default: kind = kindText === 'TEST' ? undefined : kindFromName(kindText.toLowerCase());
+    }
+    if (kind === undefined) {
+      skip(ln + 1, raw, `unknown line kind ${kindText}`);
+      continue;
     }
     const gpaText = fields.get('gpa');
     if (!NO_GPA.has(kind) && (gpaText === undefined || !HEX64.test(gpaText))) {
