@@ -1,11 +1,14 @@
 /**
  * Tracer lifetimes: 1000 open/close cycles leak no fd, no ring mapping, no memory and no BPF
- * link; a script killed by Ctrl-C (SIGINT, no handler) leaves no BPF link attached.
+ * link; a script killed by Ctrl-C (SIGINT, no handler) leaves no BPF link attached; a worker
+ * that ends with its tracer still open detaches it (the addon's environment cleanup hook).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { openTracer } from '../lib/tracer';
 import { kvmLinkIds } from './70.cli.helpers';
 import { requireTracerHost } from './30.tracer.setup';
@@ -67,5 +70,23 @@ describe('30 tracer lifecycle', function () {
     await new Promise((r) => setTimeout(r, 200)); // link release is asynchronous in the kernel
     const left = [...kvmLinkIds()].filter((id) => during.includes(id));
     assert.deepEqual(left, [], 'BPF links still attached after SIGINT');
+  });
+
+  it('a worker ending with its tracer open: the environment cleanup hook detaches it', async () => {
+    const before = kvmLinkIds();
+    const lib = path.resolve(__dirname, '../lib');
+    const worker = new Worker(`
+      const { parentPort } = require('node:worker_threads');
+      setInterval(() => {}, 1000); // an idle tracer holds no ref: keep the worker until terminate()
+      require(${JSON.stringify(lib)}).openTracer({ mode: 'tracepoint' })
+        .then((t) => parentPort.postMessage('attached ' + t.probes.filter((p) => p.attached).length),
+              (e) => parentPort.postMessage('failed ' + e.message));`, { eval: true });
+    const [message] = (await once(worker, 'message')) as [string];
+    assert.match(message, /^attached [1-9]/);
+    const during = [...kvmLinkIds()].filter((id) => !before.has(id));
+    assert.ok(during.length > 0, 'the worker holds BPF links');
+    await worker.terminate(); // no close(): only the cleanup hook can detach
+    const left = [...kvmLinkIds()].filter((id) => during.includes(id));
+    assert.deepEqual(left, [], 'BPF links still attached after the worker ended');
   });
 });

@@ -22,6 +22,43 @@ struct Registrar {
 // The hint says what to do (e.g. "run as root").
 void ThrowErrno(Napi::Env env, const std::string& what, int err, const std::string& hint = "");
 
+// Runs an object's release when the Node environment exits (process or worker), so no BPF link,
+// fd or mapping outlives it. The owner calls Disarm() when it released itself first; a hook
+// being run is not removed again. Owned by a heap object (an ObjectWrap): its address is the key.
+class EnvExitHook {
+ public:
+  using ReleaseFn = void (*)(void* owner);
+  EnvExitHook() = default;
+  EnvExitHook(const EnvExitHook&) = delete;
+  EnvExitHook& operator=(const EnvExitHook&) = delete;
+  ~EnvExitHook() { Disarm(); }
+
+  void Arm(napi_env env, ReleaseFn release, void* owner) {
+    if (armed_) return;
+    env_ = env;
+    release_ = release;
+    owner_ = owner;
+    napi_add_env_cleanup_hook(env, &EnvExitHook::Run, this);
+    armed_ = true;
+  }
+  void Disarm() {
+    if (!armed_) return;
+    armed_ = false;
+    napi_remove_env_cleanup_hook(env_, &EnvExitHook::Run, this);
+  }
+
+ private:
+  static void Run(void* arg) {
+    auto* self = static_cast<EnvExitHook*>(arg);
+    self->armed_ = false;  // being run: not to be removed again
+    self->release_(self->owner_);
+  }
+  napi_env env_ = nullptr;
+  ReleaseFn release_ = nullptr;
+  void* owner_ = nullptr;
+  bool armed_ = false;
+};
+
 }  // namespace kvmfault
 
 #define KVMFAULT_REGISTER(name, fn) \

@@ -115,20 +115,12 @@ class Ring : public Napi::ObjectWrap<Ring> {
       kvmfault::ThrowErrno(env, "Ring: mmap producer page + data", err);
       return;
     }
-    env_ = env;
-    napi_add_env_cleanup_hook(env, &Ring::OnEnvCleanup, this);
-    hooked_ = true;
+    exitHook_.Arm(env, [](void* self) { static_cast<Ring*>(self)->Release(); }, this);
   }
 
   ~Ring() override { Release(); }
 
  private:
-  static void OnEnvCleanup(void* arg) {
-    Ring* self = static_cast<Ring*>(arg);
-    self->hooked_ = false;  // the hook is being run: don't remove it again
-    self->Release();
-  }
-
   // Stops the poll, closes the fd, drops this object's share of the mapping. Idempotent.
   void Release() {
     if (poll_) {
@@ -149,10 +141,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
     map_.reset();
-    if (hooked_) {
-      napi_remove_env_cleanup_hook(env_, &Ring::OnEnvCleanup, this);
-      hooked_ = false;
-    }
+    exitHook_.Disarm();
   }
 
   bool CheckOpen(Napi::Env env, const char* what) {
@@ -335,8 +324,7 @@ class Ring : public Napi::ObjectWrap<Ring> {
     return info.Env().Undefined();
   }
 
-  napi_env env_ = nullptr;
-  bool hooked_ = false;
+  kvmfault::EnvExitHook exitHook_;
   int fd_ = -1;
   int epfd_ = -1;      // private epoll holding fd_ edge-triggered (edge_)
   bool edge_ = true;

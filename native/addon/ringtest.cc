@@ -75,25 +75,15 @@ class RingTest : public Napi::ObjectWrap<RingTest> {
       kvmfault::ThrowErrno(env, "RingTest: attach raw_tracepoint sys_enter", -err, "run as root");
       return;
     }
-    env_ = env;
-    napi_add_env_cleanup_hook(env, &RingTest::OnEnvCleanup, this);
-    hooked_ = true;
+    exitHook_.Arm(env, [](void* self) { static_cast<RingTest*>(self)->Destroy(); }, this);
   }
   ~RingTest() override { Destroy(); }
 
  private:
-  static void OnEnvCleanup(void* arg) {
-    auto* self = static_cast<RingTest*>(arg);
-    self->hooked_ = false;
-    self->Destroy();
-  }
   void Destroy() {
     if (skel_) ringtest_bpf__destroy(skel_);
     skel_ = nullptr;
-    if (hooked_) {
-      napi_remove_env_cleanup_hook(env_, &RingTest::OnEnvCleanup, this);
-      hooked_ = false;
-    }
+    exitHook_.Disarm();
   }
   bool CheckOpen(Napi::Env env, const char* what) {
     if (skel_) return true;
@@ -155,8 +145,7 @@ class RingTest : public Napi::ObjectWrap<RingTest> {
     return info.Env().Undefined();
   }
 
-  napi_env env_ = nullptr;
-  bool hooked_ = false;
+  kvmfault::EnvExitHook exitHook_;
   ringtest_bpf* skel_ = nullptr;
 };
 

@@ -224,25 +224,18 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                        });
   }
 
-  explicit Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info), env_(info.Env()) {}
+  explicit Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) {}
   ~Tracer() override { Destroy(); }
 
  private:
-  napi_env env_;
   kvmfault_bpf* skel_ = nullptr;
   std::vector<bpf_link*> links_;
   std::vector<Planned> plan_;
   std::string log_;
   bool verbose_ = false;
   bool loaded_ = false;
-  bool hooked_ = false;
+  kvmfault::EnvExitHook exitHook_;
   Mode mode_ = Mode::kTracepoint;
-
-  static void CleanupHook(void* arg) {
-    auto* self = static_cast<Tracer*>(arg);
-    self->hooked_ = false;  // the hook is consumed
-    self->Destroy();
-  }
 
   // Detach everything and free the object. Safe to call any number of times.
   void Destroy() {
@@ -251,10 +244,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     if (skel_) kvmfault_bpf__destroy(skel_);
     skel_ = nullptr;
     loaded_ = false;
-    if (hooked_) {
-      napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-      hooked_ = false;
-    }
+    exitHook_.Disarm();
   }
 
   Napi::Value Throw(Napi::Env env, const char* code, int err, const std::string& msg, bool withPlan = false) {
@@ -491,8 +481,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     int err = bpf_map__set_max_entries(skel_->maps.ring, ringBytes);
     if (err) return Throw(env, "EINVAL", err, "ring size " + std::to_string(ringBytes) + " rejected by libbpf");
 
-    napi_add_env_cleanup_hook(env_, CleanupHook, this);
-    hooked_ = true;
+    exitHook_.Arm(env, [](void* self) { static_cast<Tracer*>(self)->Destroy(); }, this);
 
     Napi::Object out = Napi::Object::New(env);
     Napi::Object retPf = Napi::Object::New(env);
