@@ -27,6 +27,20 @@ export interface FaultMetricsOptions {
 const VCPU_LABELS = ['vm', 'pid', 'tid', 'vcpu'] as const;
 const VM_LABELS = ['vm', 'pid'] as const;
 
+/** read() at most once per millisecond, so the collect callbacks of one scrape share one result */
+function perScrape<T>(read: () => T): () => T {
+  let value: T | undefined;
+  let at = -1;
+  return () => {
+    const now = Date.now();
+    if (now !== at || value === undefined) {
+      value = read();
+      at = now;
+    }
+    return value;
+  };
+}
+
 export class FaultMetrics {
   readonly registry = new Registry();
 
@@ -35,17 +49,9 @@ export class FaultMetrics {
     const labelsOf = (v: { vmId: string; pid: number; tid: number; vcpu: number | null }) =>
       ({ vm: v.vmId, pid: String(v.pid), tid: String(v.tid), vcpu: v.vcpu === null ? '' : String(v.vcpu) });
 
-    // per-vCPU series, all filled from one snapshot per scrape
-    let snap: ReturnType<StaleFaultDetector['snapshot']> = [];
-    let snapAt = -1;
-    const snapshot = () => {
-      const now = Date.now();
-      if (now !== snapAt) {
-        snap = o.detector.snapshot();
-        snapAt = now;
-      }
-      return snap;
-    };
+    // the series are filled from one detector snapshot and one forecast per scrape
+    const snapshot = perScrape(() => o.detector.snapshot());
+    const forecast = perScrape(() => o.detector.forecast());
 
     const faults = new Counter({ name: 'kvmfault_vcpu_faults_total', help: 'fault attempts seen for the vCPU (retried ones included)', labelNames: VCPU_LABELS, registers: r,
       collect() {
@@ -87,17 +93,17 @@ export class FaultMetrics {
     new Gauge({ name: 'kvmfault_vm_mmu_invalidate_seq', help: "the VM's mmu_invalidate_seq (latest seen)", labelNames: VM_LABELS, registers: r,
       collect() {
         this.reset();
-        for (const vm of o.detector.forecast()) if (vm.seq !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, parseInt(vm.seq, 16));
+        for (const vm of forecast()) if (vm.seq !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, parseInt(vm.seq, 16));
       } });
     new Gauge({ name: 'kvmfault_vm_invalidation_rate', help: 'sequence increments (invalidations) per second, recent window', labelNames: VM_LABELS, registers: r,
       collect() {
         this.reset();
-        for (const vm of o.detector.forecast()) if (vm.ratePerSec !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.ratePerSec);
+        for (const vm of forecast()) if (vm.ratePerSec !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.ratePerSec);
       } });
     new Gauge({ name: 'kvmfault_vm_seconds_to_sign_bit', help: 'seconds until the sequence reaches 0x80000000 at the current rate (0: already crossed; absent: unknown)', labelNames: VM_LABELS, registers: r,
       collect() {
         this.reset();
-        for (const vm of o.detector.forecast()) if (vm.secondsToSignBit !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.secondsToSignBit);
+        for (const vm of forecast()) if (vm.secondsToSignBit !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.secondsToSignBit);
       } });
 
     // the host and the tracer
