@@ -78,14 +78,21 @@ describe('30 tracer lifecycle', function () {
     const worker = new Worker(`
       const { parentPort } = require('node:worker_threads');
       setInterval(() => {}, 1000); // an idle tracer holds no ref: keep the worker until terminate()
-      require(${JSON.stringify(lib)}).openTracer({ mode: 'tracepoint' })
-        .then((t) => parentPort.postMessage('attached ' + t.probes.filter((p) => p.attached).length),
-              (e) => parentPort.postMessage('failed ' + e.message));`, { eval: true });
-    const [message] = (await once(worker, 'message')) as [string];
-    assert.match(message, /^attached [1-9]/);
-    const during = [...kvmLinkIds()].filter((id) => !before.has(id));
-    assert.ok(during.length > 0, 'the worker holds BPF links');
-    await worker.terminate(); // no close(): only the cleanup hook can detach
+      require(${JSON.stringify(lib)}).openTracer({ mode: 'tracepoint' }).then(
+        (t) => {
+          globalThis.tracer = t; // held: an unreachable tracer is collected and closes itself
+          parentPort.postMessage('attached ' + t.probes.filter((p) => p.attached).length);
+        },
+        (e) => parentPort.postMessage('failed ' + e.message));`, { eval: true });
+    let during: number[] = [];
+    try {
+      const [message] = (await once(worker, 'message')) as [string];
+      assert.match(message, /^attached [1-9]/);
+      during = [...kvmLinkIds()].filter((id) => !before.has(id));
+      assert.ok(during.length > 0, 'the worker holds BPF links');
+    } finally {
+      await worker.terminate(); // no close(): only the cleanup hook can detach
+    }
     const left = [...kvmLinkIds()].filter((id) => during.includes(id));
     assert.deepEqual(left, [], 'BPF links still attached after the worker ended');
   });
