@@ -4,7 +4,7 @@
  * why) and the RingTest producer's record formulas (native/bpf/ringtest.bpf.c fill()).
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { requireBpf } from './helpers/host';
 import { native } from '../lib/native';
 import { EventBatch, Kind } from '../lib/record';
 
@@ -17,15 +17,7 @@ export interface RingTest {
   close(): void;
 }
 
-/** Throws (fails the test) unless BPF programs can be loaded here. */
-export function requireBpf(): void {
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new Error('ring tests load BPF programs on the running kernel: run them as root (e.g. sudo npm test)');
-  }
-  if (!existsSync('/sys/kernel/btf/vmlinux')) {
-    throw new Error('ring tests need kernel BTF (/sys/kernel/btf/vmlinux missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y');
-  }
-}
+export { requireBpf };
 
 export function openRingTest(options: { ringSize?: number; wakeupBytes?: number } = {}): RingTest {
   requireBpf();

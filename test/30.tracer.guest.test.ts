@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { Flag, Kind, RecordBatch, RECORD_SIZE, UNKNOWN } from '../lib/record';
 import type { TracerOptions } from '../lib/tracer';
 import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
-import { requireGuestHost } from './30.tracer.setup';
+import { requireKvm } from './helpers/host';
 import { traceOwnWorkload } from './helpers/traced';
 
 interface Captured {
@@ -35,7 +35,7 @@ function countKind(b: RecordBatch, kind: number, tid: number): number {
 
 describe('30 tracer on a real KVM guest (tracepoint mode)', function () {
   this.timeout(60_000);
-  before(requireGuestHost);
+  before(function () { requireKvm(this); });
 
   it('one MAP record per KVM page fault (= pf_taken), none lost, none from other processes', async () => {
     const { records, result, dropped } = await traceWorkload({ sizeMiB: 2, runs: 2, invalidate: 'between' });

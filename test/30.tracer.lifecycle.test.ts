@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { openTracer } from '../lib/tracer';
 import { kvmLinkIds } from './70.cli.helpers';
-import { requireTracerHost } from './30.tracer.setup';
+import { requireBpf } from './helpers/host';
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 const bpfMappings = (): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('bpf')).length;
@@ -25,7 +25,7 @@ async function cycles(n: number): Promise<void> {
 
 describe('30 tracer lifecycle', function () {
   this.timeout(180_000);
-  before(requireTracerHost);
+  before(requireBpf);
 
   it('1000 tracer open/close cycles: fds, ring mappings, RSS and BPF links stable', async () => {
     const links = kvmLinkIds();

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { openTracer, ProbeStatus, resolveTracerOptions, Tracer, TracerError } from '../lib/tracer';
-import { requireTracerHost } from './30.tracer.setup';
+import { requireBpf } from './helpers/host';
 
 const kprobesHere =
   existsSync('/sys/bus/event_source/devices/kprobe/type') || existsSync('/sys/kernel/tracing/kprobe_events');
@@ -41,7 +41,7 @@ describe('30 tracer options (validated in TypeScript)', () => {
 describe('30 tracer modes on this kernel (root, real BPF)', function () {
   this.timeout(30_000);
   let tracer: Tracer | null = null;
-  before(requireTracerHost);
+  before(requireBpf);
   afterEach(() => {
     tracer?.close();
     tracer = null;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { requireKvm } from './helpers/kvm';
+import { requireKvm } from './helpers/host';
 
 const CLI = path.join(__dirname, '../lib/cli/main.js');
 const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, 'workload', ...args], { encoding: 'utf8' });
@@ -33,7 +33,7 @@ describe('60 kvmfault workload (CLI)', function () {
   });
 
   it('--json: per-run KVM stats, host and threads of a real guest', function () {
-    requireKvm();
+    requireKvm(this);
     const r = cli('--size-mib', '2', '--runs', '2', '--invalidate', 'between', '--json');
     assert.equal(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout);
@@ -44,7 +44,7 @@ describe('60 kvmfault workload (CLI)', function () {
   });
 
   it('text output: one line per run and a total', function () {
-    requireKvm();
+    requireKvm(this);
     const r = cli('--size-mib', '1', '--runs', '2', '--invalidate', 'between');
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^host: (pvm|vmx|svm) — /);

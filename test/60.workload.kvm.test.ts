@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { runWorkload, WorkloadError, WorkloadResult } from '../lib/workload';
-import { requireKvm } from './helpers/kvm';
+import { requireKvm } from './helpers/host';
 
 /** Real guests on this machine's KVM, with KVM's own counters as ground truth. */
 
@@ -32,7 +32,7 @@ function assertAllVerified(r: WorkloadResult): void {
 
 describe('60 workload on real KVM', function () {
   this.timeout(60_000);
-  before(requireKvm);
+  before(function () { requireKvm(this); });
 
   it('says what backs /dev/kvm and who runs the vCPUs', async () => {
     let started: number[] | undefined;

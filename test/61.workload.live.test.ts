@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { StaleFaultDetector, Verdict } from '../lib/detector';
 import { Kind } from '../lib/record';
 import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
-import { requireKvm } from './helpers/kvm';
+import { requireKvm } from './helpers/host';
 import { traceOwnWorkload } from './helpers/traced';
 
 interface Traced {
@@ -41,7 +41,7 @@ const sum = (m: Map<number, number>, tids: number[]) => tids.reduce((s, t) => s 
 
 describe('61 workload under the live tracer and detector', function () {
   this.timeout(60_000);
-  before(requireKvm);
+  before(function () { requireKvm(this); });
 
   it("'map' records of the workload's vCPU threads equal KVM's pf_taken delta", async () => {
     const t = await traced({ sizeMiB: 16, runs: 3, invalidate: 'between' });

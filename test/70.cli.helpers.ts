@@ -44,12 +44,6 @@ export function kvmLinkIds(): Set<number> {
   return new Set(links.filter((l) => /kvm/.test(`${l.tp_name ?? ''}${l.func_name ?? ''}`) || l.attach_type === 'trace_fentry').map((l) => l.id));
 }
 
-export function requireRootAndKvm(): void {
-  if (process.geteuid && process.geteuid() !== 0) throw new Error('this test needs root (BPF tracing): run the suite as root');
-  if (!fs.existsSync('/dev/kvm')) throw new Error('this test needs /dev/kvm (a real KVM guest): run on a KVM host');
-  if (!fs.existsSync('/sys/kernel/btf/vmlinux')) throw new Error('this test needs /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)');
-}
-
 /** Runs the built-in guest as a child (`kvmfault workload --json`) and returns its result. */
 export async function runWorkloadChild(args: string[]): Promise<{ pid: number; result: { pid: number; total: { faults: number }; tids: number[] } }> {
   const w = cliSpawn(['workload', '--json', ...args]);

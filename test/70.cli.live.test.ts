@@ -4,9 +4,10 @@
  * BPF link and a valid capture, the metrics endpoint parses as Prometheus text.
  */
 import assert from 'node:assert/strict';
+import { requireKvm } from './helpers/host';
 import http from 'node:http';
 import { writeFileSync } from 'node:fs';
-import { cliSpawn, cliSync, kvmLinkIds, requireRootAndKvm, runWorkloadChild, Running, tmpFile, waitForStderr } from './70.cli.helpers';
+import { cliSpawn, cliSync, kvmLinkIds, runWorkloadChild, Running, tmpFile, waitForStderr } from './70.cli.helpers';
 
 const ATTACHED = /probes attached\); Ctrl-C stops/;
 
@@ -28,7 +29,7 @@ function newLinks(before: Set<number>): Set<number> {
 
 describe('70 CLI live commands on a real guest', function () {
   this.timeout(90_000);
-  before(requireRootAndKvm);
+  before(function () { requireKvm(this); });
 
   it('trace --json: one map record per KVM fault of the guest; SIGINT exits 130 with no link left', async () => {
     const before = kvmLinkIds();

@@ -1,7 +1,8 @@
 /** watch/demo output in a real terminal (tmux) and piped; trace piped into head (EPIPE). */
 import assert from 'node:assert/strict';
+import { requireKvm } from './helpers/host';
 import { spawn, spawnSync } from 'node:child_process';
-import { CLI, cliSync, requireRootAndKvm, runWorkloadChild } from './70.cli.helpers';
+import { CLI, cliSync, runWorkloadChild } from './70.cli.helpers';
 
 function tmux(...args: string[]): string {
   const r = spawnSync('tmux', args, { encoding: 'utf8' });
@@ -11,7 +12,7 @@ function tmux(...args: string[]): string {
 
 describe('70 CLI watch in a terminal and piped', function () {
   this.timeout(90_000);
-  before(requireRootAndKvm);
+  before(function () { requireKvm(this); });
 
   it('demo in a real terminal (tmux): the table is redrawn in place, verdicts shown', async () => {
     const session = `kvmfault-test-${process.pid}`;

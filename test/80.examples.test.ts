@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { requireKvm } from './helpers/kvm';
+import { requireKvm } from './helpers/host';
 
 function runExample(name: string): string {
   const file = path.resolve(__dirname, '../../examples', name);
@@ -16,7 +16,7 @@ function runExample(name: string): string {
 
 describe('80 README examples', function () {
   this.timeout(90_000);
-  before(requireKvm);
+  before(function () { requireKvm(this); });
 
   it('examples/live-faults.js: records printed, map records = KVM pf_taken, nothing dropped', () => {
     const out = runExample('live-faults.js');

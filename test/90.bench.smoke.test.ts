@@ -3,12 +3,13 @@
  * and must produce sane numbers, with its reference consumers (C libbpf, bpftrace) really run.
  * No speed is asserted: speed goes to bench/RESULTS.md (`npm run bench`), never to the tests.
  *
- * Needs what the benchmarks need: root, kernel BTF, bpftrace, /dev/kvm and the helpers built
+ * Needs what the benchmarks need: root, kernel BTF, bpftrace, /dev/kvm (e2e, probe-cost: see helpers/host.ts) and the helpers built
  * from bench/native/ (build/Release/loadgen, cconsumer). Missing any of them FAILS with the
  * reason (BenchError messages say what to do).
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { requireKvm } from './helpers/host';
 import { runE2eBench } from '../bench/e2e';
 import { runPipelineBench } from '../bench/pipeline';
 import { runProbeCostBench } from '../bench/probe-cost';
@@ -24,9 +25,6 @@ describe('90 bench smoke: every benchmark scenario runs and gives sane numbers',
   before(() => {
     if (!hasCommand('bpftrace')) {
       throw new Error('bpftrace is not installed: the benchmarks compare against it (apt-get install bpftrace)');
-    }
-    if (!existsSync('/dev/kvm')) {
-      throw new Error('/dev/kvm is missing: the end-to-end and probe-cost benchmarks run a real KVM guest');
     }
   });
 
@@ -65,7 +63,8 @@ describe('90 bench smoke: every benchmark scenario runs and gives sane numbers',
     assert.match(r.markdown, /vs C/);
   });
 
-  it('e2e: real KVM faults with tracing off, on, on + detector', async () => {
+  it('e2e: real KVM faults with tracing off, on, on + detector', async function () {
+    requireKvm(this);
     const r = await runE2eBench({ repeats: 1, workload: TINY_WORKLOAD });
     assert.deepEqual(r.summary.map((s) => s.mode), ['off', 'trace', 'trace+detector']);
     for (const run of r.runs) {
@@ -85,7 +84,8 @@ describe('90 bench smoke: every benchmark scenario runs and gives sane numbers',
     assert.doesNotMatch(verdicts, /stuck/);
   });
 
-  it('probe-cost: ns per hit for the tracer, the ringtest producer and bpftrace', async () => {
+  it('probe-cost: ns per hit for the tracer, the ringtest producer and bpftrace', async function () {
+    requireKvm(this);
     const statsBefore = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim();
     const r = await runProbeCostBench({ repeats: 1, loadgenCalls: 50_000, workload: TINY_WORKLOAD });
     const sources = new Set(r.programs.map((p) => p.source));

@@ -6,8 +6,12 @@
 # usage: matrix.sh [line...]      lines: 6.1 6.12 (default: both; see fetch.sh)
 # env:   KVMFAULT_TREE=<dir>      run the tests of another built checkout (default: this repo)
 #        KVMFAULT_KERNEL_GREP=re  only the mocha tests matching re
-# Exit 0: every kernel passed, or "not run: <reason>" when QEMU or the kernels/kvm modules
-# cannot be had here (printed, never silent); 1: a test failed or a guest broke; 2: not built.
+#        KVMFAULT_KVM_TESTS=qemu  also run the host suite's tests that need /dev/kvm (every
+#                                 dist/test/*.test.js that calls requireKvm) on the newest line:
+#                                 scripts/test sets it on a host without /dev/kvm
+# Exit 0: every kernel passed; 1: a test failed, a guest broke, or the matrix could not run
+# (QEMU, busybox-static or the kernel packages missing: scripts/setup installs them; the reason
+# is printed: a matrix that cannot run is a failure, never a silent pass); 2: not built.
 # Per-kernel logs and the measured facts (@@kernels JSON lines) go to .cache/kernels/results/.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,20 +19,15 @@ TREE=${KVMFAULT_TREE:-$REPO}
 HERE=$REPO/scripts/kernels
 RESULTS=${KVMFAULT_KERNEL_CACHE:-$REPO/.cache/kernels}/results
 t0=$(date +%s)
-not_run() { echo "test:kernels: not run: $*"; exit 0; }
+cannot_run() { echo "test:kernels: FAILED, could not run: $*" >&2; exit 1; }
 
-# ---- tools: install QEMU & co. from Debian when missing ------------------------------------
+# ---- tools (scripts/setup installs them) ---------------------------------------------------
 need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86 qemu-utils)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [[ $(ldd "$(command -v busybox || echo /nonexistent)" 2>&1) == *"not a dynamic"* ]] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || not_run "missing ${need[*]} and not root to install them"
-  echo "test:kernels: installing ${need[*]}"
-  { apt-get install -y --no-install-recommends "${need[@]}" || { apt-get update && apt-get install -y --no-install-recommends "${need[@]}"; }; } \
-    > "$REPO/.cache/apt-kernels.log" 2>&1 || not_run "apt-get install ${need[*]} failed (see .cache/apt-kernels.log)"
-fi
-command -v python3 >/dev/null || not_run "python3 missing (boot.sh unpacks the kernel with it)"
+command -v python3 >/dev/null || need+=(python3)
+[ ${#need[@]} = 0 ] || cannot_run "missing ${need[*]}: run scripts/setup (or apt-get install -y --no-install-recommends ${need[*]})"
 
 # ---- the build under test ------------------------------------------------------------------
 shopt -s nullglob
@@ -43,31 +42,59 @@ mkdir -p "$REPO/.cache"
 kernels=$("$HERE/fetch.sh" "$@" 2> "$REPO/.cache/fetch-kernels.log")
 frc=$?
 cat "$REPO/.cache/fetch-kernels.log" >&2
-[ $frc = 0 ] || not_run "the Debian kernel packages cannot be downloaded here (fetch.sh exit $frc, see above)"
+[ $frc = 0 ] || cannot_run "the Debian kernel packages cannot be had here (fetch.sh exit $frc, see above)"
+
+# the host suite's tests that need a guest, when this host has no /dev/kvm of its own
+host_kvm_tests=()
+if [ "${KVMFAULT_KVM_TESTS:-}" = qemu ]; then
+  for f in "$TREE"/dist/test/*.test.js; do grep -q 'requireKvm)(this)' "$f" && host_kvm_tests+=("${f#"$TREE"/}"); done
+  [ ${#host_kvm_tests[@]} -gt 0 ] || cannot_run "KVMFAULT_KVM_TESTS=qemu but no test in $TREE/dist/test calls requireKvm"
+fi
+last_line=$(tail -1 <<< "$kernels" | cut -d' ' -f1)
+
+# the tests of one line: incident variants (6.1-bug, 6.1-fixed) run *.incident.kernel.js, the
+# distribution kernels every other kernel test
+tests_for() {
+  local f
+  for f in "${tests[@]#"$TREE"/}"; do
+    case "$1:$f" in
+      *-bug:*.incident.kernel.js|*-fixed:*.incident.kernel.js) echo "$f" ;;
+      *-bug:*|*-fixed:*|*:*.incident.kernel.js) ;;
+      *) echo "$f" ;;
+    esac
+  done
+}
+
+# boot one kernel and run mocha on some test files; $1 label, $2 kernel dir, $3 line, rest: files
+run_on_kernel() {
+  local label=$1 kdir=$2 line=$3; shift 3
+  local grep_args=() share=() k0 rc secs
+  [ -n "${KVMFAULT_KERNEL_GREP:-}" ] && grep_args=(--grep "$KVMFAULT_KERNEL_GREP")
+  echo "=== $label ==="
+  k0=$(date +%s)
+  # a tree under /tmp would be hidden by the guest's tmpfs on /tmp: share it explicitly
+  case "$(realpath "$TREE")" in /tmp/*) share=(-w "$TREE") ;; esac
+  (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t 1200 "${share[@]}" -e "KVMFAULT_KERNEL_LINE=$line" -- \
+     node --expose-gc node_modules/mocha/bin/mocha.js --no-config --reporter spec --timeout 120000 "${grep_args[@]}" \
+     "$@") > "$RESULTS/$label.log" 2>&1
+  rc=$?
+  grep '^@@kernels ' "$RESULTS/$label.log" | sed 's/^@@kernels //' > "$RESULTS/$label.jsonl"
+  grep -v '^@@kernels ' "$RESULTS/$label.log"
+  secs=$(( $(date +%s) - k0 ))
+  if [ $rc = 0 ]; then summary+=("PASS $label (${secs}s)"); else failed+=("$label"); summary+=("FAIL $label (exit $rc, ${secs}s)"); fi
+}
 
 mkdir -p "$RESULTS"
 failed=() summary=()
 while read -r line kdir; do
   [ -n "$kdir" ] || continue
   ver=$(basename "$kdir")
-  if ! ls "$kdir"/lib/modules/*/kernel/arch/x86/kvm/kvm-amd.ko* >/dev/null 2>&1; then
-    not_run "$ver has no kvm-amd module"
+  ls "$kdir"/lib/modules/*/kernel/arch/x86/kvm/kvm-amd.ko* >/dev/null 2>&1 || cannot_run "$ver has no kvm-amd module"
+  mapfile -t line_tests < <(tests_for "$line")
+  if [ ${#line_tests[@]} -gt 0 ]; then run_on_kernel "$ver" "$kdir" "$line" "${line_tests[@]}"; fi
+  if [ ${#host_kvm_tests[@]} -gt 0 ] && [ "$line" = "$last_line" ]; then
+    run_on_kernel "$ver-host-suite" "$kdir" "$line" "${host_kvm_tests[@]}"
   fi
-  echo "=== $line: $ver ==="
-  grep_args=()
-  [ -n "${KVMFAULT_KERNEL_GREP:-}" ] && grep_args=(--grep "$KVMFAULT_KERNEL_GREP")
-  k0=$(date +%s)
-  # a tree under /tmp would be hidden by the guest's tmpfs on /tmp: share it explicitly
-  share=()
-  case "$(realpath "$TREE")" in /tmp/*) share=(-w "$TREE") ;; esac
-  (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t 900 "${share[@]}" -- \
-     node node_modules/mocha/bin/mocha.js --no-config --reporter spec --timeout 120000 "${grep_args[@]}" \
-     "${tests[@]#"$TREE"/}") > "$RESULTS/$ver.log" 2>&1
-  rc=$?
-  grep '^@@kernels ' "$RESULTS/$ver.log" | sed 's/^@@kernels //' > "$RESULTS/$ver.jsonl"
-  grep -v '^@@kernels ' "$RESULTS/$ver.log"
-  secs=$(( $(date +%s) - k0 ))
-  if [ $rc = 0 ]; then summary+=("PASS $ver (${secs}s)"); else failed+=("$ver"); summary+=("FAIL $ver (exit $rc, ${secs}s)"); fi
 done <<< "$kernels"
 
 echo "=== kernel matrix: $(( $(date +%s) - t0 ))s wall ==="
