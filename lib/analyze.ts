@@ -6,7 +6,13 @@ import { promises as fsp } from 'node:fs';
 import { CaptureDamage, CaptureError, CaptureMeta, isCapture, openCapture } from './capture';
 import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
 import { importBpftraceLog, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
-import { judgeKernel, KernelInfo } from './kernels';
+import { judgeKernel, KernelInfo, StaleCheckSignature } from './kernels';
+
+function isStaleCheck(x: unknown): x is StaleCheckSignature {
+  const o = x as StaleCheckSignature | null;
+  return !!o && typeof o === 'object' && typeof o.found === 'boolean' && Array.isArray(o.params) &&
+    o.params.every((p) => p && typeof p.type === 'string' && typeof p.size === 'number' && typeof p.signed === 'boolean');
+}
 
 export interface AnalyzeOptions {
   /** judge against this kernel release (uname -r of the traced host) instead of the capture's */
@@ -94,7 +100,8 @@ export async function analyzeFile(path: string, options: AnalyzeOptions = {}): P
     }
     const meta = reader.header.meta;
     if (!kernel && meta.hostKernel) {
-      kernel = judgeKernel(meta.hostKernel, typeof meta.procVersion === 'string' ? meta.procVersion : undefined);
+      kernel = judgeKernel(meta.hostKernel, typeof meta.procVersion === 'string' ? meta.procVersion : undefined,
+        isStaleCheck(meta.staleCheck) ? meta.staleCheck : null);
       kernelSource = 'capture';
     }
     retPf = meta.retPf && Number.isInteger(meta.retPf.RETRY) && Number.isInteger(meta.retPf.FIXED) && Number.isInteger(meta.retPf.SPURIOUS)
@@ -157,6 +164,7 @@ export function formatReport(r: AnalysisReport): string {
   if (r.kernel) {
     const st = r.kernel.affected === true ? 'AFFECTED' : r.kernel.affected === false ? 'not affected' : 'unknown';
     out.push(`kernel ${r.kernel.release} (${r.kernelSource === 'option' ? '--kernel' : `from the ${r.kernelSource}`}): sign-extension bug ${st}: ${r.kernel.reason}`);
+    out.push('  (a stuck vCPU whose records show the bug\'s signature outranks this judgement: see each verdict\'s "decided by")');
   } else {
     out.push('kernel: unknown (the log does not say; pass --kernel <release> of the traced host)');
   }
@@ -172,7 +180,7 @@ export function formatReport(r: AnalysisReport): string {
   out.push(`vCPUs: ${r.stuck} stuck, ${r.retrying} retrying, ${r.progressing} progressing`);
   for (const v of r.vcpus) {
     const tag = v.state === 'stuck' ? 'STUCK' : v.state === 'retrying' ? 'retrying' : 'progressing';
-    const cause = v.cause ? ` cause ${v.cause} (${v.confidence} confidence)` : v.retryReason ? ` (${v.retryReason})` : '';
+    const cause = v.cause ? ` cause ${v.cause} (${v.confidence} confidence, decided by ${v.decidedBy})` : v.retryReason ? ` (${v.retryReason})` : '';
     out.push(`  ${tag.padEnd(11)} vm ${v.vmId} pid ${v.pid} tid ${v.tid}${v.vcpu !== null ? ` vcpu ${v.vcpu}` : ''}: gpa ${v.gpa ?? '?'}, ${v.attempts} attempt(s)${cause}${v.evicted ? ' [evicted]' : ''}`);
     if (v.state !== 'progressing') {
       const range = v.range ? `, range ${v.range.unit} [${v.range.start}, ${v.range.end})` : '';

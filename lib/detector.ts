@@ -24,7 +24,7 @@
  * Unknown fields (UNKNOWN sentinels) are never taken as 0: a check that needs them is skipped.
  */
 import { EventBatch, Flag, Kind, UNKNOWN } from './record';
-import { KernelInfo, SIGN_BIT_SEQ } from './kernels';
+import { KernelEvidence, KernelInfo, SIGN_BIT_SEQ } from './kernels';
 
 export type VcpuState = 'progressing' | 'retrying' | 'stuck';
 export type StuckCause = 'seq-sign-extension' | 'invalidation-stuck' | 'unknown';
@@ -73,13 +73,20 @@ export interface DetectorOptions {
   idleNs?: number;
   /** RET_PF_* table for FAULT_RET records (default RET_PF_6_1, the incident's kernel) */
   retPf?: RetPfTable;
-  /** the kernel the trace came from: makes the sign-extension cause stronger or rules it out */
-  kernel?: Pick<KernelInfo, 'release' | 'affected'> | null;
+  /**
+   * The kernel the trace came from (judged by its BTF or its version: kernels.ts). It only fills
+   * gaps the records leave: a stuck vCPU showing the bug's signature is `seq-sign-extension`
+   * whatever the kernel judgement says (evidence outranks the version).
+   */
+  kernel?: DetectorKernel | null;
   /** window for the per-VM invalidation rate, ns (default 10 s) */
   rateWindowNs?: number;
   /** called with each verdict change as it happens */
   onVerdict?: VerdictListener;
 }
+
+/** What the detector needs of a kernel judgement (KernelInfo has it). */
+export type DetectorKernel = Pick<KernelInfo, 'release' | 'affected'> & Partial<Pick<KernelInfo, 'decidedBy' | 'reason'>>;
 
 export interface InvalidationRange {
   start: string;
@@ -97,8 +104,15 @@ export interface Verdict {
   state: VcpuState;
   /** set when state is 'stuck' */
   cause: StuckCause | null;
-  /** how sure the cause is: 'high' when the kernel is known affected, 'medium' when unknown */
+  /** how sure the cause is: 'high' when the records show it, 'medium' when the kernel judgement
+   *  fills a gap in them (in-progress not visible), 'low' for 'unknown' */
   confidence: 'high' | 'medium' | 'low' | null;
+  /**
+   * What decided the cause: 'behaviour' (the records: the signature, or an invalidation that
+   * never ends), 'btf' or 'version' (the kernel judgement, where the records could not show the
+   * whole signature). Null when there is no cause (not stuck).
+   */
+  decidedBy: KernelEvidence | null;
   /** why the vCPU retries (state 'retrying'): what the invalidation state shows */
   retryReason: 'invalidation' | 'unexplained' | null;
   gpa: string | null;
@@ -106,6 +120,9 @@ export interface Verdict {
   rip: string | null;
   /** attempts on this gpa since the last progress */
   attempts: number;
+  /** while stuck: fault entries on other addresses (walks for emulation and the like), which
+   *  neither free the vCPU nor count as its attempts */
+  offPathAttempts: number;
   /** attempts of those explained by the invalidation state */
   explainedAttempts: number;
   /** attempts on any gpa, and faults that ended mapped, since the vCPU was first seen */
@@ -143,7 +160,9 @@ export interface VmForecast {
   /** seconds until the sequence reaches 0x80000000 at that rate (0 when already there) */
   secondsToSignBit: number | null;
   crossed: boolean;
+  /** true when a vCPU of this VM showed the bug's signature (then decidedBy is 'behaviour'), else the kernel judgement */
   kernelAffected: boolean | null;
+  decidedBy: KernelEvidence | null;
   warning: string;
 }
 
@@ -159,8 +178,10 @@ export interface DetectorStats {
 
 const ST_NONE = 0, ST_PROGRESSING = 1, ST_RETRYING = 2, ST_STUCK = 3;
 const STATE_NAMES: readonly (VcpuState | null)[] = [null, 'progressing', 'retrying', 'stuck'];
-const C_NONE = 0, C_SIGN = 1, C_INVAL = 2, C_UNKNOWN = 3;
-const CAUSE_NAMES: readonly (StuckCause | null)[] = [null, 'seq-sign-extension', 'invalidation-stuck', 'unknown'];
+// C_SIGN: the signature seen in the records; C_SIGN_KERNEL: the sequence part seen, in-progress
+// not visible in this trace mode, and the kernel judged affected (by BTF or version)
+const C_NONE = 0, C_SIGN = 1, C_INVAL = 2, C_UNKNOWN = 3, C_SIGN_KERNEL = 4;
+const CAUSE_NAMES: readonly (StuckCause | null)[] = [null, 'seq-sign-extension', 'invalidation-stuck', 'unknown', 'seq-sign-extension'];
 
 const TWO53 = 9007199254740992;
 const PAGE = 4096;
@@ -272,7 +293,7 @@ export class StaleFaultDetector {
   readonly vmCapacity: number;
   readonly idleNs: number;
   readonly retPf: Readonly<RetPfTable>;
-  readonly kernel: Pick<KernelInfo, 'release' | 'affected'> | null;
+  readonly kernel: DetectorKernel | null;
   readonly rateWindowNs: number;
 
   private readonly listeners: VerdictListener[] = [];
@@ -300,6 +321,7 @@ export class StaleFaultDetector {
   private readonly ripLo: Uint32Array;
   private readonly ripHi: Uint32Array;
   private readonly attempts: Float64Array;
+  private readonly offPath: Float64Array;
   private readonly explained: Float64Array;
   private readonly totalAttempts: Float64Array;
   private readonly mappedCount: Float64Array;
@@ -347,6 +369,8 @@ export class StaleFaultDetector {
   private readonly vmInvAnchorTs: Float64Array;
   private readonly vmInvMid: Float64Array;
   private readonly vmInvMidTs: Float64Array;
+  /** 1 once a vCPU of the VM was stuck with the signature in its records */
+  private readonly vmSignature: Uint8Array;
 
   private now = -1;
   private lastSweep = -1;
@@ -415,6 +439,7 @@ export class StaleFaultDetector {
     this.ripLo = new Uint32Array(n);
     this.ripHi = new Uint32Array(n);
     this.attempts = new Float64Array(n);
+    this.offPath = new Float64Array(n);
     this.explained = new Float64Array(n);
     this.totalAttempts = new Float64Array(n);
     this.mappedCount = new Float64Array(n);
@@ -456,6 +481,7 @@ export class StaleFaultDetector {
     this.vmInvAnchorTs = new Float64Array(m);
     this.vmInvMid = new Float64Array(m);
     this.vmInvMidTs = new Float64Array(m);
+    this.vmSignature = new Uint8Array(m);
   }
 
   /** Adds a verdict-change listener; returns a function that removes it. */
@@ -542,13 +568,21 @@ export class StaleFaultDetector {
       this.observe(s, vm, batch, i, false);
       return;
     }
-    this.bits[s] = kind === Kind.FAULT ? bits | 4 : bits & ~4;
     const rep = this.repeatOf(batch, i);
+    if (this.state[s] === ST_STUCK && gpa !== this.gpa[s] && (bits & 2) === 0) {
+      // Only a mapped fault frees a stuck vCPU. An entry with another gpa while stuck is not
+      // the guest moving on (it cannot, its fault never completes) but a walk for something
+      // else: the instruction emulator, a kick, teardown. It is kept apart from the attempts.
+      this.offPath[s] += rep;
+      return;
+    }
+    this.bits[s] = kind === Kind.FAULT ? bits | 4 : bits & ~4;
     this.totalAttempts[s] += rep;
     if (gpa !== this.gpa[s] || (bits & 2) !== 0) {
       // progress: a new gpa, or the previous attempt on this one ended mapped
       this.gpa[s] = gpa;
       this.attempts[s] = rep;
+      this.offPath[s] = 0;
       this.explained[s] = 0;
       this.firstTs[s] = ts;
       this.seqFirst[s] = UNKNOWN;
@@ -575,21 +609,27 @@ export class StaleFaultDetector {
     const a = this.attempts[s];
     if (a >= this.stuckAttempts && (ts - this.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone)) {
       this.state[s] = ST_STUCK;
-      this.cause[s] = this.causeOf(s);
+      const cause = this.causeOf(s);
+      this.cause[s] = cause;
+      if (cause === C_SIGN) this.vmSignature[vm] = 1;
     }
   }
 
   private onMapped(s: number, batch: EventBatch, i: number): void {
     const gpa = batch.gpa(i);
+    let newFault = (this.bits[s] & 2) === 0;
     if (gpa !== UNKNOWN && gpa !== this.gpa[s]) {
       // mapped an address we never saw fault (first record of a log, missed entry): progress
       this.gpa[s] = gpa;
       this.attempts[s] = 0;
+      this.offPath[s] = 0;
       this.explained[s] = 0;
       this.firstTs[s] = this.lastTs[s];
+      newFault = true;
     }
     this.bits[s] |= 2;
-    this.mappedCount[s] += 1;
+    // one fault, one count: kprobe/fentry modes report a MAP and a FAULT_RET (FIXED) for it
+    if (newFault) this.mappedCount[s] += 1;
     this.state[s] = ST_PROGRESSING;
     this.cause[s] = C_NONE;
     const hva = batch.hva(i);
@@ -663,7 +703,10 @@ export class StaleFaultDetector {
     const sxSeen = (this.bits[s] & 8) !== 0;
     const seqHighConstant = seq !== UNKNOWN && seq >= SIGN_BIT_SEQ && this.seqChanges[s] === 0;
     const saysNotStale = known > 0 && stale === 0;
-    if ((seqHighConstant || sxSeen) && saysNotStale && this.kernel?.affected !== false) return C_SIGN;
+    // the bug's signature in the records decides, whatever the kernel judgement says
+    if ((seqHighConstant || sxSeen) && saysNotStale) return C_SIGN;
+    // in-progress not visible in this trace (mode): the kernel judgement fills that gap only
+    if (seqHighConstant && known === 0 && this.kernel?.affected === true) return C_SIGN_KERNEL;
     return C_UNKNOWN;
   }
 
@@ -754,6 +797,7 @@ export class StaleFaultDetector {
     this.vmInvAnchorTs[v] = ts;
     this.vmInvMid[v] = 0;
     this.vmInvMidTs[v] = ts;
+    this.vmSignature[v] = 0;
     this.vmTable.set(lo, keyKind === VMKEY_PID ? 0xfffffffe : hi, v);
     return v;
   }
@@ -781,6 +825,7 @@ export class StaleFaultDetector {
       this.ripLo[s] = 0xffffffff;
       this.ripHi[s] = 0xffffffff;
       this.attempts[s] = 0;
+      this.offPath[s] = 0;
       this.explained[s] = 0;
       this.totalAttempts[s] = 0;
       this.mappedCount[s] = 0;
@@ -894,11 +939,13 @@ export class StaleFaultDetector {
       state,
       cause,
       confidence: null,
+      decidedBy: null,
       retryReason: state === 'retrying' ? (this.explained[s] > 0 ? 'invalidation' : 'unexplained') : null,
       gpa: hexOrNull(this.gpa[s]),
       hva: hexOrNull(this.hva[s]),
       rip: ripKnown ? hex64(this.ripLo[s], this.ripHi[s]) : null,
       attempts: this.attempts[s],
+      offPathAttempts: this.offPath[s],
       explainedAttempts: this.explained[s],
       totalAttempts: this.totalAttempts[s],
       mapped: this.mappedCount[s],
@@ -916,9 +963,11 @@ export class StaleFaultDetector {
       evicted: false,
       explanation: '',
     };
-    if (cause === 'seq-sign-extension') v.confidence = this.kernel?.affected === true ? 'high' : 'medium';
-    else if (cause === 'invalidation-stuck') v.confidence = 'high';
-    else if (cause === 'unknown') v.confidence = 'low';
+    if (cause !== null) {
+      const c = this.cause[s];
+      v.confidence = c === C_SIGN || c === C_INVAL ? 'high' : c === C_SIGN_KERNEL ? 'medium' : 'low';
+      v.decidedBy = c === C_SIGN_KERNEL ? (this.kernel?.decidedBy ?? 'version') : 'behaviour';
+    }
     v.explanation = this.explain(s, v);
     return v;
   }
@@ -938,24 +987,40 @@ export class StaleFaultDetector {
         ? `retrying ${gpa}: ${v.attempts} attempts, ${v.explainedAttempts} explained by invalidations (${v.seqChanges} sequence change(s); ${inv})`
         : `retrying ${gpa}: ${v.attempts} attempts, not (yet) explained by the invalidation state (${seq}, ${inv}); below the stuck thresholds`;
     }
-    const head = `stuck on ${gpa}: ${v.attempts} attempts over ${secs} s, never mapped`;
+    const offPath = v.offPathAttempts > 0 ? ` (+${v.offPathAttempts} entries on other addresses, not counted: they do not free it)` : '';
+    const head = `stuck on ${gpa}: ${v.attempts} attempts over ${secs} s, never mapped${offPath}`;
     const kernel = this.kernel;
     switch (v.cause) {
-      case 'seq-sign-extension':
-        return `${head}; ${seq} >= 80000000 and constant, the invalidation state says not stale (${inv}): ` +
-          `is_page_fault_stale() compares a sign-extended int snapshot and retries forever (fixed in 6.1.50 and 6.3)` +
-          (kernel?.affected === true ? `; kernel ${kernel.release} is affected` : '; host kernel unknown: check it with `kvmfault analyze --kernel <release>`');
+      case 'seq-sign-extension': {
+        const bug = 'is_page_fault_stale() compares a sign-extended int snapshot and retries forever (fixed in 6.1.50 and 6.3)';
+        if (v.decidedBy !== 'behaviour') {
+          return `${head}; ${seq} >= 80000000 and constant, in-progress not visible in this trace mode: ${bug}; ` +
+            `the kernel is affected ${v.decidedBy === 'btf' ? "by its own BTF" : 'from the version only'} (${kernel?.release ?? '?'})`;
+        }
+        return `${head}; ${seq} >= 80000000 and constant, the invalidation state says not stale (${inv}): ${bug}; ` +
+          `decided by the observed behaviour` + this.kernelDisagreement();
+      }
       case 'invalidation-stuck':
         return `${head}; an invalidation never ends: ${inv}, the ${(this.bits[s] & 1) !== 0 ? 'gfn' : 'hva'} is inside the range on every attempt`;
       default: {
-        const sxLike = this.seqLast[s] !== UNKNOWN && this.seqLast[s] >= SIGN_BIT_SEQ && this.seqChanges[s] === 0;
-        if (sxLike && kernel?.affected === false && this.obsKnown[s] > 0 && this.obsStale[s] === 0) {
-          return `${head}; looks like the 6.1 sign-extension pattern (${seq}, ${inv}) but kernel ${kernel.release} is not affected; cause unknown`;
+        const seqHigh = this.seqLast[s] !== UNKNOWN && this.seqLast[s] >= SIGN_BIT_SEQ && this.seqChanges[s] === 0;
+        if (seqHigh && this.obsKnown[s] === 0) {
+          return `${head}; ${seq} >= 80000000 and constant, but in-progress is not visible in this trace mode and the kernel ` +
+            `${kernel?.affected === false ? `is judged not affected (${kernel.decidedBy ?? 'version'})` : 'judgement is unknown'}: ` +
+            'cause unknown; a mode that reads the VM\'s invalidation state (kprobe, fentry, or tp_btf where kvm_running_vcpu resolves) can tell';
         }
         if (this.seqChanges[s] > 0) return `${head}; the sequence moved ${v.seqChanges} time(s) while retrying: invalidations keep racing the fault (${inv}); cause unknown`;
         return `${head}; the invalidation state does not explain it (${seq}, ${inv}); cause unknown, see the evidence`;
       }
     }
+  }
+
+  /** When the kernel judgement said "not affected" but the records show the bug: say why they win. */
+  private kernelDisagreement(): string {
+    const k = this.kernel;
+    if (!k || k.affected !== false) return k?.affected === true ? `; kernel ${k.release} is affected (${k.decidedBy ?? 'version'} agrees)` : '';
+    return `; the ${k.decidedBy === 'btf' ? "kernel's BTF" : 'version table'} says ${k.release} is not affected, ` +
+      'but the records outrank it: a backported bug, a rebuilt kvm module or a gap in the table';
   }
 
   /** Current verdict of every tracked vCPU (allocates; call on demand, not per record). */
@@ -969,9 +1034,14 @@ export class StaleFaultDetector {
   /** Early warning per VM: invalidation rate and time left until the sequence reaches 0x80000000. */
   forecast(): VmForecast[] {
     const out: VmForecast[] = [];
-    const affected = this.kernel ? this.kernel.affected : null;
+    const kernelAffected = this.kernel ? this.kernel.affected : null;
+    const kernelBy: KernelEvidence | null = kernelAffected === null ? null : (this.kernel?.decidedBy ?? 'version');
     for (let v = 0; v < this.vmCapacity; v++) {
       if (!this.vmUsed[v]) continue;
+      // a vCPU of this VM showed the signature: the VM's kernel is affected, whatever the judgement
+      const seen = this.vmSignature[v] === 1;
+      const affected = seen ? true : kernelAffected;
+      const decidedBy = seen ? 'behaviour' : kernelBy;
       const seq = this.vmSeq[v];
       let rate: number | null = null;
       let source: VmForecast['rateSource'] = null;
@@ -990,11 +1060,12 @@ export class StaleFaultDetector {
       let secondsToSignBit: number | null = null;
       if (crossed) secondsToSignBit = 0;
       else if (seq !== UNKNOWN && rate !== null && rate > 0) secondsToSignBit = (SIGN_BIT_SEQ - seq) / rate;
-      const kernelNote = affected === true ? 'kernel affected' : affected === false ? 'kernel not affected' : 'kernel unknown';
+      const kernelNote = (affected === true ? 'kernel affected' : affected === false ? 'kernel not affected' : 'kernel unknown') +
+        (decidedBy === 'behaviour' ? ': a vCPU of this VM shows the bug' : decidedBy === 'btf' ? ', by its BTF' : decidedBy === 'version' ? ', from the version only' : '');
       let warning: string;
       if (seq === UNKNOWN) warning = `sequence not visible in this trace (${kernelNote})`;
       else if (crossed) warning = affected === false
-        ? `sequence ${seq.toString(16)} is past 80000000; harmless on this kernel`
+        ? `sequence ${seq.toString(16)} is past 80000000; no hang expected on this kernel (${kernelNote})`
         : `sequence ${seq.toString(16)} is past 80000000: on an affected kernel every fault of this VM retries forever (${kernelNote})`;
       else if (secondsToSignBit === null) warning = `sequence ${seq.toString(16)} not moving in this trace (${kernelNote})`;
       else warning = `sequence ${seq.toString(16)} reaches 80000000 in ${formatDuration(secondsToSignBit)} at ${rate!.toFixed(1)}/s (${kernelNote})`;
@@ -1009,6 +1080,7 @@ export class StaleFaultDetector {
         secondsToSignBit,
         crossed,
         kernelAffected: affected,
+        decidedBy,
         warning,
       });
     }

@@ -236,7 +236,8 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   const kernel = hostKernel();
   add('kernel', 'kernel vs the is_page_fault_stale sign-extension bug',
     kernel.affected === true ? 'fail' : kernel.affected === false ? 'pass' : 'warn',
-    `${kernel.release}: ${kernel.status}${kernel.certain ? '' : ' (not certain)'}: ${kernel.reason}`,
+    `${kernel.release}: ${kernel.status}${kernel.certain ? '' : ' (not certain)'}, decided by ${kernel.decidedBy === 'btf' ? "the kernel's BTF" : kernel.decidedBy === 'version' ? 'the version only' : 'nothing'} ` +
+      `(behaviour outranks both: \`kvmfault watch\` names the bug when a vCPU shows it): ${kernel.reason}`,
     kernel.affected === true ? 'upgrade the host kernel to 6.1.50+ or 6.3+; until then keep VM invalidation sequences below 0x80000000 (watch `kvmfault watch`)'
       : kernel.affected === null ? "check the distro's changelog for ba6e3fe25543 / the 6.1.50 fix" : '');
 

@@ -31,6 +31,43 @@ export interface KernelVersion {
 
 export type KernelStatus = 'affected' | 'fixed' | 'not-affected' | 'unknown';
 
+/**
+ * What decided whether a kernel has the bug, strongest first: the observed behaviour (only the
+ * detector sees it: the signature on a stuck vCPU), the kernel's own BTF (is_page_fault_stale's
+ * prototype), the version table. A version is a hint: distributions backport fixes (and bugs)
+ * into old version numbers and hosts run rebuilt modules.
+ */
+export type KernelEvidence = 'behaviour' | 'btf' | 'version';
+
+/** is_page_fault_stale's prototype as the kernel's BTF has it (native kernelBtf().staleCheck). */
+export interface StaleCheckSignature {
+  /** false: no FUNC entry (inlined or renamed in this build): BTF says nothing */
+  found: boolean;
+  /** which BTF had it: 'vmlinux' (KVM built in) or 'kvm' (module BTF) */
+  btf: string;
+  params: { name: string; type: string; signed: boolean; size: number }[];
+}
+
+/** What the BTF prototype says: true / false, or null when it says nothing. */
+export function judgeStaleCheck(sig: StaleCheckSignature | null | undefined): { affected: boolean | null; reason: string } {
+  if (!sig || !sig.found) {
+    return { affected: null, reason: 'is_page_fault_stale has no BTF entry in this kernel (inlined or renamed): BTF says nothing' };
+  }
+  const where = sig.btf === 'kvm' ? '/sys/kernel/btf/kvm' : '/sys/kernel/btf/vmlinux';
+  const proto = `is_page_fault_stale(${sig.params.map((p) => `${p.type === 'pointer' ? '*' : p.type + ' '}${p.name}`).join(', ')})`;
+  if (sig.params.length === 3) {
+    const seq = sig.params[2];
+    if (seq.signed && seq.size === 4) {
+      return { affected: true, reason: `${proto} in ${where}: the sequence snapshot is a signed int (the v5.16..v6.2 signature): sign-extended once mmu_invalidate_seq reaches 0x80000000` };
+    }
+    return { affected: false, reason: `${proto} in ${where}: the snapshot is ${seq.type} (${seq.size * 8}-bit${seq.signed ? ', signed' : ''}), not int: the 6.1.50 stable fix` };
+  }
+  if (sig.params.length === 2) {
+    return { affected: false, reason: `${proto} in ${where}: no snapshot parameter, the fault carries it as unsigned long (fixed since ba6e3fe25543)` };
+  }
+  return { affected: null, reason: `${proto} in ${where}: an unknown prototype (${sig.params.length} parameters): BTF says nothing` };
+}
+
 export interface KernelInfo {
   /** the string judged (uname -r) */
   release: string;
@@ -42,7 +79,13 @@ export interface KernelInfo {
   status: KernelStatus;
   /** false when the answer depends on something we could not check (distro backports, ABI names) */
   certain: boolean;
+  /** what decided `affected`: the kernel's BTF, or the version table alone; null when neither could */
+  decidedBy: Exclude<KernelEvidence, 'behaviour'> | null;
   reason: string;
+  /** the BTF evidence, when it was read (null: not read, e.g. offline analysis of a log) */
+  btf: (StaleCheckSignature & { affected: boolean | null; reason: string }) | null;
+  /** what the version table alone says (kept when BTF decided, to show a disagreement) */
+  byVersion: { affected: boolean | null; status: KernelStatus; reason: string };
 }
 
 /** Debian (6.1.0-56-amd64) and Ubuntu (5.15.0-91-generic) put an ABI number, not the sublevel, after x.y.0 */
@@ -78,7 +121,7 @@ function cmp(a: KernelVersion, major: number, minor: number): number {
   return a.major !== major ? a.major - major : a.minor - minor;
 }
 
-function judgeVersion(v: KernelVersion, abiOnly: string | null): Omit<KernelInfo, 'release' | 'version' | 'versionSource'> {
+function judgeVersion(v: KernelVersion, abiOnly: string | null): Omit<VersionJudgement, 'release' | 'version' | 'versionSource'> {
   const name = `${v.major}.${v.minor}${v.sublevel === null ? '' : '.' + v.sublevel}`;
   if (cmp(v, 5, 15) < 0) {
     return { affected: false, status: 'not-affected', certain: true,
@@ -117,11 +160,42 @@ function judgeVersion(v: KernelVersion, abiOnly: string | null): Omit<KernelInfo
     reason: `${name} >= 6.3: the snapshot is fault->mmu_seq (unsigned long) since ba6e3fe25543` };
 }
 
+type VersionJudgement = Omit<KernelInfo, 'decidedBy' | 'btf' | 'byVersion'>;
+
 /**
- * Judges a kernel release string (uname -r), optionally with /proc/version (or Ubuntu's
- * /proc/version_signature) text, which carries the real version behind distro ABI names.
+ * Judges a kernel: by its BTF (is_page_fault_stale's prototype) when given and telling, else by
+ * the release string (uname -r) and /proc/version (or Ubuntu's /proc/version_signature) text,
+ * which carries the real version behind distro ABI names. `decidedBy` says which.
  */
-export function judgeKernel(release: string, procVersion?: string): KernelInfo {
+export function judgeKernel(release: string, procVersion?: string, staleCheck?: StaleCheckSignature | null): KernelInfo {
+  const v = judgeVersion0(release, procVersion);
+  const byVersion = { affected: v.affected, status: v.status, reason: v.reason };
+  const fromBtf = staleCheck ? { ...staleCheck, ...judgeStaleCheck(staleCheck) } : null;
+  if (fromBtf && fromBtf.affected !== null) {
+    const disagrees = v.affected !== null && v.affected !== fromBtf.affected;
+    return {
+      ...v,
+      affected: fromBtf.affected,
+      status: fromBtf.affected ? 'affected' : v.status === 'not-affected' ? 'not-affected' : 'fixed',
+      certain: true,
+      decidedBy: 'btf',
+      reason: `from the kernel's BTF: ${fromBtf.reason}` + (disagrees
+        ? `; the version table says ${v.status} (${v.reason}), but the kernel's own BTF wins: a backport or a rebuilt kvm module changed it`
+        : ''),
+      btf: fromBtf,
+      byVersion,
+    };
+  }
+  return {
+    ...v,
+    decidedBy: v.affected === null ? null : 'version',
+    reason: v.affected === null ? v.reason : `from the version only: ${v.reason}`,
+    btf: fromBtf,
+    byVersion,
+  };
+}
+
+function judgeVersion0(release: string, procVersion?: string): VersionJudgement {
   const parsed = parseVersion(release);
   if (!parsed) {
     return { release, version: null, versionSource: 'none', affected: null, status: 'unknown', certain: false,
@@ -141,8 +215,29 @@ export function judgeKernel(release: string, procVersion?: string): KernelInfo {
   return { release, version, versionSource: 'release', ...judgeVersion(version, null) };
 }
 
-/** The running kernel, judged with /proc/version_signature or /proc/version when readable. */
+/**
+ * The running kernel's is_page_fault_stale prototype from its BTF (vmlinux, or the kvm module's
+ * split BTF); null when BTF or the addon cannot be read here.
+ */
+export function hostStaleCheck(): StaleCheckSignature | null {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const { native } = require('./native') as typeof import('./native');
+    return (native().kernelBtf() as { staleCheck: StaleCheckSignature }).staleCheck;
+  } catch {
+    return null;
+  }
+}
+
+let hostCached: KernelInfo | undefined;
+
+/**
+ * The running kernel, judged by its BTF first, then by the version (with /proc/version_signature
+ * or /proc/version when readable). Read once per process: neither changes while it runs (the
+ * kvm module can be reloaded, but a tool that cares restarts).
+ */
 export function hostKernel(): KernelInfo {
+  if (hostCached) return hostCached;
   let proc: string | undefined;
   for (const f of ['/proc/version_signature', '/proc/version']) {
     try {
@@ -152,7 +247,8 @@ export function hostKernel(): KernelInfo {
       /* not present on this distro */
     }
   }
-  return judgeKernel(osRelease(), proc);
+  hostCached = judgeKernel(osRelease(), proc, hostStaleCheck());
+  return hostCached;
 }
 
 /** The sequence value at which the int snapshot goes negative (bit 31). */

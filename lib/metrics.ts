@@ -18,7 +18,7 @@ import type { TracerStats } from './tracer';
 export interface FaultMetricsOptions {
   detector: StaleFaultDetector;
   tracerStats: () => TracerStats;
-  kernel: Pick<KernelInfo, 'release' | 'affected'>;
+  kernel: Pick<KernelInfo, 'release' | 'affected'> & Partial<Pick<KernelInfo, 'decidedBy'>>;
   mode: string;
   /** records pushed into the detector so far */
   records?: () => number;
@@ -107,9 +107,9 @@ export class FaultMetrics {
       } });
 
     // the host and the tracer
-    new Gauge({ name: 'kvmfault_kernel_affected', help: 'the running kernel has the is_page_fault_stale sign-extension bug: 1 yes, 0 no, -1 unknown', labelNames: ['release'], registers: r,
+    new Gauge({ name: 'kvmfault_kernel_affected', help: 'the running kernel has the is_page_fault_stale sign-extension bug: 1 yes, 0 no, -1 unknown', labelNames: ['release', 'decided_by'], registers: r,
       collect() {
-        this.set({ release: o.kernel.release }, o.kernel.affected === true ? 1 : o.kernel.affected === false ? 0 : -1);
+        this.set({ release: o.kernel.release, decided_by: o.kernel.decidedBy ?? 'none' }, o.kernel.affected === true ? 1 : o.kernel.affected === false ? 0 : -1);
       } });
     new Gauge({ name: 'kvmfault_tracer_info', help: 'the attach mode in use', labelNames: ['mode'], registers: r,
       collect() {

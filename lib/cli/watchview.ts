@@ -134,7 +134,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     for (const v of vcpus) counts[v.state]++;
     lines.push(`kvmfault watch  ${clock()}  ${tracer.mode} mode  ${vms.length} VM(s), ${vcpus.length} vCPU(s): ` +
       `${counts.stuck} stuck, ${counts.retrying} retrying, ${counts.progressing} progressing  ` +
-      `records ${records}, dropped ${st.dropped}  kernel ${kernel.release} ${kernel.affected === true ? 'AFFECTED' : kernel.affected === false ? 'not affected' : 'unknown'}`);
+      `records ${records}, dropped ${st.dropped}  kernel ${kernel.release} ${kernel.affected === true ? 'AFFECTED' : kernel.affected === false ? 'not affected' : 'unknown'}${kernel.decidedBy ? ` (${kernel.decidedBy === 'btf' ? 'by its BTF' : 'from the version only'})` : ''}`);
     if (vcpus.length === 0) lines.push(`  no KVM page faults seen yet${o.pid ? ` for pid ${o.pid}` : ''} (${((now - started) / 1000).toFixed(0)} s)`);
     for (const vm of vms) {
       const mine = vcpus.filter((v) => v.vmId === vm.vmId);
@@ -160,7 +160,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       for (const a of fresh) out(session, JSON.stringify({ type: 'alert', time: new Date().toISOString(), from: a.from, verdict: a.v }) + '\n');
       const st = tracer.stats();
       out(session, JSON.stringify({ type: final ? 'final' : 'snapshot', time: new Date().toISOString(), mode: tracer.mode, records,
-        dropped: st.dropped, kernel: { release: kernel.release, affected: kernel.affected }, vms: f.vms, vcpus: f.vcpus }) + '\n');
+        dropped: st.dropped, kernel: { release: kernel.release, affected: kernel.affected, decidedBy: kernel.decidedBy }, vms: f.vms, vcpus: f.vcpus }) + '\n');
     } else if (tty) {
       for (const a of fresh) alerts.push(a.line);
       while (alerts.length > MAX_ALERTS_SHOWN) alerts.shift();

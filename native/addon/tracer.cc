@@ -119,6 +119,17 @@ struct KernelFacts {
   std::string btfSources;
   std::set<std::string> btfTypedefs;  // btf_trace_<tp> present
   std::set<std::string> btfFuncs;     // FUNC names among the candidates
+  // is_page_fault_stale's prototype, the kernel's own word on the incident's bug: 3 parameters
+  // with a signed 32-bit mmu_seq = affected (v5.16..v6.2 signature); 2, or an unsigned long
+  // mmu_seq (6.1.50's stable fix) = fixed. Absent when the function is inlined or renamed.
+  struct Param {
+    std::string name, type;  // type: the resolved base type ("int", "unsigned long", "pointer")
+    bool isSigned = false;
+    unsigned size = 0;
+  };
+  bool staleCheckFound = false;
+  std::string staleCheckIn;  // which BTF had it: "vmlinux" or "kvm"
+  std::vector<Param> staleCheckParams;
 };
 
 const char* const kTracepoints[][3] = {
@@ -143,6 +154,30 @@ const char* const kFaultinCandidates[] = {"kvm_mmu_faultin_pfn", "kvm_faultin_pf
 const char* const kHandlerCandidates[] = {"kvm_tdp_page_fault", "direct_page_fault", "paging64_page_fault",
                                           "paging32_page_fault"};
 
+// Parameters of is_page_fault_stale's FUNC_PROTO, each type resolved through typedefs and
+// modifiers (split module BTF resolves ids of its vmlinux base too).
+void ScanStaleCheck(const struct btf* btf, const struct btf_type* func, KernelFacts& f) {
+  const struct btf_type* proto = btf__type_by_id(btf, func->type);
+  if (!proto || !btf_is_func_proto(proto)) return;
+  f.staleCheckFound = true;
+  f.staleCheckParams.clear();
+  const struct btf_param* p = btf_params(proto);
+  for (int i = 0; i < btf_vlen(proto); i++) {
+    KernelFacts::Param out;
+    out.name = btf__name_by_offset(btf, p[i].name_off) ?: "";
+    int id = btf__resolve_type(btf, p[i].type);
+    const struct btf_type* pt = id > 0 ? btf__type_by_id(btf, id) : nullptr;
+    if (!pt) out.type = "unknown";
+    else if (btf_is_ptr(pt)) out.type = "pointer", out.size = 8;
+    else if (btf_is_int(pt)) {
+      out.type = btf__name_by_offset(btf, pt->name_off) ?: "int";
+      out.isSigned = (btf_int_encoding(pt) & BTF_INT_SIGNED) != 0;
+      out.size = pt->size;
+    } else out.type = "other";
+    f.staleCheckParams.push_back(out);
+  }
+}
+
 void ScanBtf(const struct btf* btf, KernelFacts& f) {
   const __u32 n = btf__type_cnt(btf);
   static const std::set<std::string> wantFuncs = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn", "kvm_tdp_page_fault",
@@ -165,6 +200,7 @@ void ScanBtf(const struct btf* btf, KernelFacts& f) {
     } else if (btf_is_func(t)) {
       const char* name = btf__name_by_offset(btf, t->name_off);
       if (name && wantFuncs.count(name)) f.btfFuncs.insert(name);
+      if (name && !strcmp(name, "is_page_fault_stale")) ScanStaleCheck(btf, t, f);
     } else if (btf_is_struct(t)) {
       const char* name = btf__name_by_offset(btf, t->name_off);
       if (!name) continue;
@@ -208,6 +244,84 @@ std::string KprobeUnavailableReason() {
   if (Exists("/sys/kernel/tracing/kprobe_events") || Exists("/sys/kernel/debug/tracing/kprobe_events")) return "";
   return "kprobes not available on this kernel (CONFIG_KPROBES off: no kprobe PMU in "
          "/sys/bus/event_source/devices and /sys/kernel/tracing/kprobe_events missing)";
+}
+
+// Kernel facts from BTF: RET_PF_* values, range unit, typed tracepoints, traceable functions,
+// is_page_fault_stale's prototype. Scanned once per process (~10 ms): the running kernel's BTF
+// does not change, except that the kvm module may appear later, so a scan that found no KVM is
+// not kept. nullptr (with *err) when vmlinux BTF cannot be read.
+const KernelFacts* ScanKernelBtf(int* err) {
+  static KernelFacts cached;
+  static bool haveCached = false;
+  if (haveCached) return &cached;
+  KernelFacts scanned;
+  struct btf* vmlinux = btf__load_vmlinux_btf();
+  if (!vmlinux) {
+    *err = errno;
+    return nullptr;
+  }
+  ScanBtf(vmlinux, scanned);
+  if (scanned.staleCheckFound) scanned.staleCheckIn = "vmlinux";
+  scanned.btfSources = "/sys/kernel/btf/vmlinux";
+  if (Exists("/sys/kernel/btf/kvm")) {  // kvm built as a module: its types are split BTF
+    struct btf* kvm = btf__load_module_btf("kvm", vmlinux);
+    if (kvm) {
+      bool before = scanned.staleCheckFound;
+      scanned.staleCheckFound = false;
+      ScanBtf(kvm, scanned);
+      if (scanned.staleCheckFound) scanned.staleCheckIn = "kvm";
+      else scanned.staleCheckFound = before;
+      scanned.btfSources += " + /sys/kernel/btf/kvm";
+      btf__free(kvm);
+    }
+  }
+  btf__free(vmlinux);
+  cached = scanned;
+  haveCached = scanned.haveKvm;
+  return &cached;
+}
+
+Napi::Object StaleCheckObject(Napi::Env env, const KernelFacts& f) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("found", f.staleCheckFound);
+  o.Set("btf", f.staleCheckIn);
+  Napi::Array params = Napi::Array::New(env, f.staleCheckParams.size());
+  for (size_t i = 0; i < f.staleCheckParams.size(); i++) {
+    const auto& p = f.staleCheckParams[i];
+    Napi::Object po = Napi::Object::New(env);
+    po.Set("name", p.name);
+    po.Set("type", p.type);
+    po.Set("signed", p.isSigned);
+    po.Set("size", p.size);
+    params.Set(i, po);
+  }
+  o.Set("params", params);
+  return o;
+}
+
+// kernelBtf() -> { btf, haveKvm, retPf, rangeIsGfn, staleCheck: { found, btf, params } }: what
+// doctor and the kernel judgement read without opening a tracer. Needs read access to
+// /sys/kernel/btf (world-readable on most kernels).
+Napi::Value KernelBtf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int err = 0;
+  const KernelFacts* f = ScanKernelBtf(&err);
+  if (!f) {
+    Napi::Error e = Napi::Error::New(env, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(err)));
+    e.Set("code", Napi::String::New(env, "NO_BTF"));
+    e.Set("errno", Napi::Number::New(env, err));
+    e.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("btf", f->btfSources);
+  out.Set("haveKvm", f->haveKvm);
+  Napi::Object retPf = Napi::Object::New(env);
+  for (auto& kv : f->retPf) retPf.Set(kv.first, Napi::Number::New(env, (double)kv.second));
+  out.Set("retPf", retPf);
+  out.Set("rangeIsGfn", f->rangeIsGfn);
+  out.Set("staleCheck", StaleCheckObject(env, *f));
+  return out;
 }
 
 class Tracer : public Napi::ObjectWrap<Tracer> {
@@ -379,33 +493,11 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
       return Throw(env, "NO_BTF", ENOENT,
                    "no BTF at /sys/kernel/btf/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y for CO-RE");
 
-    // Kernel facts from BTF: RET_PF_* values, range unit, typed tracepoints, traceable functions.
-    // Scanned once per process (~10 ms): the running kernel's BTF does not change, except that
-    // the kvm module may appear later, so a scan that found no KVM is not kept.
-    static KernelFacts cached;
-    static bool haveCached = false;
-    if (!haveCached) {
-      KernelFacts scanned;
-      struct btf* vmlinux = btf__load_vmlinux_btf();
-      if (!vmlinux) {
-        int err = errno;
-        return Throw(env, "NO_BTF", err, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(err)));
-      }
-      ScanBtf(vmlinux, scanned);
-      scanned.btfSources = "/sys/kernel/btf/vmlinux";
-      if (Exists("/sys/kernel/btf/kvm")) {  // kvm built as a module: its types are split BTF
-        struct btf* kvm = btf__load_module_btf("kvm", vmlinux);
-        if (kvm) {
-          ScanBtf(kvm, scanned);
-          scanned.btfSources += " + /sys/kernel/btf/kvm";
-          btf__free(kvm);
-        }
-      }
-      btf__free(vmlinux);
-      cached = scanned;
-      haveCached = scanned.haveKvm;
-    }
-    const KernelFacts& facts = cached;
+    int btfErr = 0;
+    const KernelFacts* scannedFacts = ScanKernelBtf(&btfErr);
+    if (!scannedFacts)
+      return Throw(env, "NO_BTF", btfErr, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(btfErr)));
+    const KernelFacts& facts = *scannedFacts;
     if (!facts.haveKvm)
       return Throw(env, "NO_KVM", ENOENT,
                    "KVM is not in this kernel's BTF (no struct kvm_vcpu in " + facts.btfSources +
@@ -489,6 +581,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     out.Set("retPf", retPf);
     out.Set("rangeIsGfn", facts.rangeIsGfn);
     out.Set("btf", facts.btfSources);
+    out.Set("staleCheck", StaleCheckObject(env, facts));
     out.Set("probes", PlanArray(env));
     return out;
   }
@@ -603,6 +696,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
 Napi::Object InitTracer(Napi::Env env, Napi::Object exports) {
   libbpf_set_print(LibbpfPrint);
   exports.Set("Tracer", Tracer::Define(env));
+  exports.Set("kernelBtf", Napi::Function::New(env, KernelBtf, "kernelBtf"));
   return exports;
 }
 

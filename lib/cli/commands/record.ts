@@ -74,6 +74,8 @@ terminal, and printed once at the end otherwise.`)
             meta: {
               hostKernel: hostKernel().release,
               procVersion,
+              // the kernel's own word on the bug (its BTF): analyze judges the capture by it
+              staleCheck: hostKernel().btf,
               bootTimeMs: monotonicEpochMs(),
               retPf: { ...retPfTable(tracer.retPf) },
               mode: tracer.mode,
