@@ -96,4 +96,33 @@ describe('30 tracer lifecycle', function () {
     const left = [...kvmLinkIds()].filter((id) => during.includes(id));
     assert.deepEqual(left, [], 'BPF links still attached after the worker ended');
   });
+  it('tracers opened at once from several worker threads: each gets its own libbpf log and the shared BTF facts', async () => {
+    const reference = await openTracer({ mode: 'auto' });
+    const want = { mode: reference.mode, notes: reference.modeNotes.join('\n') };
+    await reference.close();
+    const lib = path.resolve(__dirname, '../lib');
+    const script = `
+      const { parentPort } = require('node:worker_threads');
+      const { openTracer } = require(${JSON.stringify(lib)});
+      (async () => {
+        const seen = [];
+        for (let i = 0; i < 8; i++) {
+          const t = await openTracer({ mode: 'auto' });
+          seen.push({ mode: t.mode, notes: t.modeNotes.join('\\n') });
+          await t.close();
+        }
+        parentPort.postMessage(seen);
+      })().catch((e) => parentPort.postMessage('failed ' + e.message));`;
+    const workers = Array.from({ length: 4 }, () => new Worker(script, { eval: true }));
+    try {
+      const results = await Promise.all(workers.map(async (w) => ((await once(w, 'message')) as [unknown])[0]));
+      for (const r of results) {
+        assert.ok(Array.isArray(r), String(r));
+        // a mode's failure text comes from libbpf's log: another thread's log would change it
+        for (const x of r as { mode: string; notes: string }[]) assert.deepEqual(x, want);
+      }
+    } finally {
+      await Promise.all(workers.map((w) => w.terminate()));
+    }
+  });
 });

@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -35,8 +36,10 @@ namespace kvmfault {
 namespace {
 
 // ---- libbpf output: hidden unless verbose, kept for error messages ---------------------------
-std::string* g_collect = nullptr;  // the log of the tracer currently calling into libbpf
-bool g_verbose = false;
+// libbpf's print callback is process-wide, but it runs on the thread that called into libbpf:
+// per-thread routing keeps two tracers opened at once from two worker threads apart.
+thread_local std::string* g_collect = nullptr;  // the log of the tracer calling into libbpf on this thread
+thread_local bool g_verbose = false;
 
 int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list ap) {
   // libbpf 1.1 prints a whole verifier log as ONE message: format it in full, since the
@@ -249,16 +252,23 @@ std::string KprobeUnavailableReason() {
 // Kernel facts from BTF: RET_PF_* values, range unit, typed tracepoints, traceable functions,
 // is_page_fault_stale's prototype. Scanned once per process (~10 ms): the running kernel's BTF
 // does not change, except that the kvm module may appear later, so a scan that found no KVM is
-// not kept. nullptr (with *err) when vmlinux BTF cannot be read.
-const KernelFacts* ScanKernelBtf(int* err) {
+// not kept. One cache for the process, shared by tracers on any worker thread: read and filled
+// under a lock, handed out as a copy (small: a few sets of names). false (with *err) when
+// vmlinux BTF cannot be read.
+bool ScanKernelBtf(KernelFacts* out, int* err) {
+  static std::mutex lock;
   static KernelFacts cached;
   static bool haveCached = false;
-  if (haveCached) return &cached;
+  std::lock_guard<std::mutex> guard(lock);
+  if (haveCached) {
+    *out = cached;
+    return true;
+  }
   KernelFacts scanned;
   struct btf* vmlinux = btf__load_vmlinux_btf();
   if (!vmlinux) {
     *err = errno;
-    return nullptr;
+    return false;
   }
   ScanBtf(vmlinux, scanned);
   if (scanned.staleCheckFound) scanned.staleCheckIn = "vmlinux";
@@ -276,9 +286,12 @@ const KernelFacts* ScanKernelBtf(int* err) {
     }
   }
   btf__free(vmlinux);
-  cached = scanned;
-  haveCached = scanned.haveKvm;
-  return &cached;
+  if (scanned.haveKvm) {
+    cached = scanned;
+    haveCached = true;
+  }
+  *out = std::move(scanned);
+  return true;
 }
 
 Napi::Object StaleCheckObject(Napi::Env env, const KernelFacts& f) {
@@ -305,8 +318,9 @@ Napi::Object StaleCheckObject(Napi::Env env, const KernelFacts& f) {
 Napi::Value KernelBtf(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int err = 0;
-  const KernelFacts* f = ScanKernelBtf(&err);
-  if (!f) {
+  KernelFacts facts;
+  const KernelFacts* f = &facts;
+  if (!ScanKernelBtf(&facts, &err)) {
     Napi::Error e = Napi::Error::New(env, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(err)));
     e.Set("code", Napi::String::New(env, "NO_BTF"));
     e.Set("errno", Napi::Number::New(env, err));
@@ -494,10 +508,9 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                    "no BTF at /sys/kernel/btf/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y for CO-RE");
 
     int btfErr = 0;
-    const KernelFacts* scannedFacts = ScanKernelBtf(&btfErr);
-    if (!scannedFacts)
+    KernelFacts facts;
+    if (!ScanKernelBtf(&facts, &btfErr))
       return Throw(env, "NO_BTF", btfErr, "cannot read /sys/kernel/btf/vmlinux: " + std::string(strerror(btfErr)));
-    const KernelFacts& facts = *scannedFacts;
     if (!facts.haveKvm)
       return Throw(env, "NO_KVM", ENOENT,
                    "KVM is not in this kernel's BTF (no struct kvm_vcpu in " + facts.btfSources +
