@@ -11,6 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { hostKernel, KernelInfo } from './kernels';
+import { vmNameFromArgv } from './procinfo';
 import { detectKvmHost } from './workload';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'info';
@@ -37,6 +38,10 @@ export interface Privileges {
 export interface RunningVm {
   pid: number;
   comm: string;
+  /** the VMM's -name (QEMU, libvirt), null when it has none */
+  name: string | null;
+  /** QEMU's vCPU threads ("tid CPU 0/KVM"), when the VMM names them so */
+  vcpuThreads: string[];
   /** kvm-vm file descriptors (one per VM the process runs) */
   vmFds: number;
   /** kvm-vcpu:N file descriptors: the vCPUs (each normally runs on its own thread) */
@@ -167,7 +172,17 @@ export function findRunningVms(options: { root?: string; excludePids?: number[] 
     } catch {
       /* exited meanwhile */
     }
-    vms.push({ pid, comm: (read(path.join(proc, name, 'comm')) ?? '?').trim(), vmFds, vcpus, threads });
+    const argv = (read(path.join(proc, name, 'cmdline')) ?? '').split('\0');
+    const vcpuThreads: string[] = [];
+    try {
+      for (const tid of fs.readdirSync(path.join(proc, name, 'task'))) {
+        const tcomm = (read(path.join(proc, name, 'task', tid, 'comm')) ?? '').trim();
+        if (/^CPU \d+\/KVM$/.test(tcomm)) vcpuThreads.push(`${tid} ${tcomm}`);
+      }
+    } catch {
+      /* exited meanwhile */
+    }
+    vms.push({ pid, comm: (read(path.join(proc, name, 'comm')) ?? '?').trim(), name: vmNameFromArgv(argv), vmFds, vcpus, threads, vcpuThreads });
   }
   return vms;
 }
@@ -319,7 +334,8 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   const vms = findRunningVms({ root, excludePids: [process.pid] });
   add('vms', 'VMs running now (processes holding kvm-vm fds)', 'info',
     vms.length === 0 ? 'none (`kvmfault demo` runs a built-in guest to show the live view)'
-      : vms.map((v) => `pid ${v.pid} ${v.comm}: ${v.vmFds} VM(s), ${v.vcpus} vCPU(s), ${v.threads} threads`).join('; '));
+      : vms.map((v) => `pid ${v.pid} ${v.comm}${v.name ? ` "${v.name}"` : ''}: ${v.vmFds} VM(s), ${v.vcpus} vCPU(s), ${v.threads} threads` +
+        (v.vcpuThreads.length ? ` (${v.vcpuThreads.join(', ')})` : '')).join('; '));
 
   // invalidation sources
   const numaBalancing = readInt(path.join(root, 'proc/sys/kernel/numa_balancing'));

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { formatDuration, retPfTable, StaleFaultDetector, Verdict, VmForecast } from '../detector';
 import { hostKernel } from '../kernels';
+import { threadName, vmName } from '../procinfo';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
 import { announceMode, humanRate, openTracerForCli } from './live';
@@ -115,16 +116,16 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     return fresh;
   };
 
-  const frame = (final: boolean): { lines: string[]; vcpus: (Verdict & { faultsPerSec: number })[]; vms: VmForecast[] } => {
+  const frame = (final: boolean): { lines: string[]; vcpus: (Verdict & { faultsPerSec: number; threadName: string | null })[]; vms: (VmForecast & { name: string | null })[] } => {
     const now = Date.now();
     const verdicts = detector.snapshot();
-    const vms = detector.forecast();
+    const vms = detector.forecast().map((vm) => ({ ...vm, name: vmName(vm.pid) }));
     const vcpus = verdicts.map((v) => {
       const prev = lastTotal.get(v.tid);
       let rate = prev?.rate ?? 0;
       if (prev && now > prev.t) rate = ((v.totalAttempts - prev.total) * 1000) / (now - prev.t);
       if (!final) lastTotal.set(v.tid, { total: v.totalAttempts, t: now, rate });
-      return { ...v, faultsPerSec: Math.max(0, rate) };
+      return { ...v, threadName: threadName(v.pid, v.tid), faultsPerSec: Math.max(0, rate) };
     });
     const st = tracer.stats();
     const lines: string[] = [];
@@ -140,13 +141,13 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       const mine = vcpus.filter((v) => v.vmId === vm.vmId);
       const vmRate = mine.reduce((a, v) => a + v.faultsPerSec, 0);
       const left = vm.crossed ? 'CROSSED 0x80000000' : vm.secondsToSignBit === null ? 'time to 0x80000000 unknown' : `0x80000000 in ${formatDuration(vm.secondsToSignBit)}`;
-      lines.push(`VM ${vm.vmId.slice(0, 16)} pid ${vm.pid} (${comm(vm.pid)})  faults ${humanRate(vmRate)}  seq ${vm.seq ?? '?'}` +
+      lines.push(`VM ${vm.vmId.slice(0, 16)} pid ${vm.pid} (${comm(vm.pid)}${vm.name ? `, ${vm.name}` : ''})  faults ${humanRate(vmRate)}  seq ${vm.seq ?? '?'}` +
         `${vm.ratePerSec !== null ? ` +${humanRate(vm.ratePerSec)}` : ''}  ${left}`);
-      lines.push(`  ${pad('TID', 9)}${pad('VCPU', 6)}${pad('FAULTS/S', 10)}${pad('STATE', 13)}${pad('ATTEMPTS', 10)}${pad('STUCK FOR', 11)}${pad('CAUSE', 20)}GPA`);
+      lines.push(`  ${pad('TID', 9)}${pad('THREAD', 12)}${pad('VCPU', 6)}${pad('FAULTS/S', 10)}${pad('STATE', 13)}${pad('ATTEMPTS', 10)}${pad('STUCK FOR', 11)}${pad('CAUSE', 20)}GPA`);
       for (const v of mine) {
         const stuckFor = v.state === 'progressing' ? '-' : formatDuration((v.lastSeen - v.firstSeen) / 1e9);
         const cause = v.cause ?? (v.state === 'retrying' ? v.retryReason ?? '-' : '-');
-        lines.push(`  ${pad(String(v.tid), 9)}${pad(v.vcpu === null ? '?' : String(v.vcpu), 6)}${pad(humanRate(v.faultsPerSec).replace('/s', ''), 10)}` +
+        lines.push(`  ${pad(String(v.tid), 9)}${pad(v.threadName ?? '?', 12)}${pad(v.vcpu === null ? '?' : String(v.vcpu), 6)}${pad(humanRate(v.faultsPerSec).replace('/s', ''), 10)}` +
           `${pad(v.state, 13)}${pad(String(v.attempts), 10)}${pad(stuckFor, 11)}${pad(cause, 20)}${v.gpa ?? '?'}`);
       }
     }
