@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { importBpftraceLog, looksLikeBpftraceLog } from '../lib/import/bpftrace';
+import { importBpftraceLog, looksLikeBpftraceLog, MAX_LINE_CHARS } from '../lib/import/bpftrace';
 import { Flag, Kind, UNKNOWN } from '../lib/record';
 import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
 import { TextFormatter, textHeader } from '../lib/format';
@@ -77,6 +77,32 @@ describe('55 import: bpftrace logs of the incident', () => {
     assert.match(r.skippedLines[4].reason, /unknown line kind BOGUS/);
     assert.equal(new Set(Array.from({ length: r.batch.length }, (_, i) => r.batch.tid(i))).size, 1);
     assert.ok(!looksLikeBpftraceLog('just\ntext\n'));
+  });
+
+  it('long lines that start like a record parse in linear time: over the limit skipped as too long, under it read', () => {
+    const head = '21:25:50:282711 tid[3484173] pid[3484149] FAULTIN @ rip ffffffff814e6ca5 (92234 hits), gpa = 1343fa0b0, ';
+    const timed = (text: string) => {
+      const t0 = process.hrtime.bigint();
+      const r = importBpftraceLog(text);
+      return { r, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
+    };
+    // the probe's inputs: 10 MiB of letters (was 20 s and counting), 160 KB of words (was 24 s)
+    for (const tail of ['a'.repeat(10 << 20), 'word '.repeat(32 << 10)]) {
+      const { r, ms } = timed(head + tail);
+      assert.ok(ms < 1000, `${ms} ms`);
+      assert.equal(r.lines, 1);
+      assert.equal(r.skipped, 1);
+      assert.match(r.skippedLines[0].reason, /^line too long \(\d+ characters, at most \d+\)$/);
+      assert.ok(r.skippedLines[0].text.length <= 203, 'the report keeps a short prefix');
+    }
+    // just under the limit, every shape the old field regex backtracked on: read, not skipped
+    for (const unit of ['a', 'word ', 'a b ', '= ', 'a =', 'x = ', 'f', '= 1 (', '(f', ' \t,', ' \u2028']) {
+      const n = MAX_LINE_CHARS - head.length - 1;
+      const { r, ms } = timed(head + unit.repeat(Math.ceil(n / unit.length)).slice(0, n));
+      assert.ok(ms < 500, `${JSON.stringify(unit)}: ${ms} ms`);
+      assert.equal(r.skipped, 0, JSON.stringify(r.skippedLines));
+      assert.equal(r.batch.gpa(0), 0x1343fa0b0);
+    }
   });
 
   it('a log crossing midnight keeps time moving forward', () => {

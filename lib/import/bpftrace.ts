@@ -27,7 +27,8 @@
  * attempts there. Other lines starting with '#' are comments.
  *
  * Email quoting ("> ", "> > "), blank lines and CRLF are tolerated; anything else that does not
- * parse is counted and the first few are reported with line numbers. Never throws on content.
+ * parse is counted and the first few are reported with line numbers; lines over MAX_LINE_CHARS
+ * are skipped as too long. Parsing is linear in the input. Never throws on content.
  */
 import { TEXT_HEADER_PREFIX } from '../format';
 import { Flag, Kind, kindFromName, RecordBatch, RecordWriter } from '../record';
@@ -59,8 +60,14 @@ export interface BpftraceImportOptions {
   maxReported?: number;
 }
 
-const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d+)\]\s+pid\[(\d+)\]\s+([A-Z][A-Z_]*)\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16}|\?)(\?)?(?:\s*\((\d+)\s+hits?\))?\s*,?\s*(.*)$/;
-const FIELD = /([A-Za-z][A-Za-z_ -]*?)\s*=\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*\))?/g;
+// Every regex here runs in time linear in the line: HEAD is anchored, its quantified runs are
+// separated by literals, and its tail ([^]*) always matches, so a failed match never retries
+// the whitespace runs before it. Fields are found by scanField (no regex search).
+const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d{1,20})\]\s+pid\[(\d{1,20})\]\s+([A-Z][A-Z_]{0,31})\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16}|\?)(\?)?(?:\s*\((\d{1,20})\s+hits?\))?\s*,?([^]*)$/;
+/** a field's value at a fixed position (sticky): "-?(0x)?hex", then an optional "(hex)" */
+const FIELD_VALUE = /\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*\))?/y;
+/** Lines longer than this are skipped as "line too long" (the incident's are ~250 characters). */
+export const MAX_LINE_CHARS = 16384;
 const QUOTE = /^\s*(?:>\s?)+/;
 const DAY_NS = 86400e9;
 const DECIMAL_KEYS = new Set(['ret', 'in-prog', 'count', 'hits', 'tdp_mmu', 'vcpu', 'repeat']);
@@ -81,6 +88,40 @@ function parseTimestamp(h: string, m: string, s: string, frac: string): number {
   const hh = Number(h), mm = Number(m), ss = Number(s);
   if (hh > 23 || mm > 59 || ss > 60) return NaN;
   return ((hh * 60 + mm) * 60 + ss) * 1e9 + Number(frac.padEnd(9, '0'));
+}
+
+const isKeyChar = (c: number): boolean =>
+  (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x5f || c === 0x20 || c === 0x2d; // A-Z a-z _ space -
+const isLetter = (c: number): boolean => (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
+/** what \\s matches */
+const isSpace = (c: number): boolean =>
+  c === 0x20 || (c >= 0x09 && c <= 0x0d) || c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) ||
+  c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff;
+
+/**
+ * "key = value" pairs of a line's tail into `fields` (first one of a key wins): a key is a run of
+ * letters, '_', '-' and spaces starting with a letter, right before '=' (spaces between); the
+ * value is hex or decimal, optionally followed by a "(hex)" that is dropped. One pass over the
+ * text: each '=' looks back at most to the end of the previous field.
+ */
+function scanFields(rest: string, fields: Map<string, string>): void {
+  fields.clear();
+  let pos = 0; // the end of the previous field: keys start at or after it
+  for (let eq = rest.indexOf('=', pos); eq >= 0; eq = rest.indexOf('=', eq + 1)) {
+    let k = eq;
+    while (k > pos && isSpace(rest.charCodeAt(k - 1))) k--;
+    const keyEnd = k;
+    while (k > pos && isKeyChar(rest.charCodeAt(k - 1))) k--;
+    while (k < keyEnd && !isLetter(rest.charCodeAt(k))) k++;
+    if (k === keyEnd) continue;
+    FIELD_VALUE.lastIndex = eq + 1;
+    const v = FIELD_VALUE.exec(rest);
+    if (v === null) continue;
+    const key = rest.slice(k, keyEnd).trim().toLowerCase().replace(/ +/g, ' ');
+    if (!fields.has(key)) fields.set(key, v[1]);
+    pos = FIELD_VALUE.lastIndex;
+    eq = pos - 1;
+  }
 }
 
 /** True when the text looks like this log format (some line parses). */
@@ -122,6 +163,10 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       continue;
     }
     lines++;
+    if (line.length > MAX_LINE_CHARS) {
+      skip(ln + 1, raw, `line too long (${line.length} characters, at most ${MAX_LINE_CHARS})`);
+      continue;
+    }
     const m = HEAD.exec(line);
     if (!m) {
       skip(ln + 1, raw, 'not a "HH:MM:SS:usec tid[N] pid[N] KIND @ rip X ..." line');
@@ -145,12 +190,7 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
     const ripStale = m[9] !== undefined;
     const hits = m[10] === undefined ? -1 : Number(m[10]);
     const rest = m[11];
-    fields.clear();
-    FIELD.lastIndex = 0;
-    for (let f = FIELD.exec(rest); f !== null; f = FIELD.exec(rest)) {
-      const key = f[1].trim().toLowerCase().replace(/\s+/g, ' ');
-      if (!fields.has(key)) fields.set(key, f[2]);
-    }
+    scanFields(rest, fields);
     // the incident's own kinds; the others (FAULTIN, FAULTIN_RET, MAP and kvmfault's FAULT,
     // FAULT_RET, INVALIDATE, INVALIDATE_END, EXIT) are the record kind names in capitals, as
     // lib/format.ts prints them
