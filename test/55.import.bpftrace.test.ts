@@ -111,6 +111,37 @@ describe('55 import: bpftrace logs of the incident', () => {
     assert.equal(r.batch.tsNs(1) - r.batch.tsNs(0), 2_000_000);
   });
 
+  it('a line a few microseconds out of order across midnight does not shift the rest of the log by a day', () => {
+    const t = (ts: string, hits: number) => `${ts} tid[5] pid[4] FAULTIN @ rip ffffffff81000000 (${hits} hits), gpa = 1000, hva = 7f0000001000, flags = 0 : MMU seq = 10, in-prog = 0, start = 0, end = 0`;
+    const DAY = 86400e9;
+    // 23:59:59.999990, then 00:00:00.000001, then a late line from 23:59:59.999999, then on
+    const r = importBpftraceLog([t('23:59:59:999990', 1), t('00:00:00:000001', 2), t('23:59:59:999999', 3), t('00:00:00:000020', 4), t('00:00:01:000000', 5)].join('\n'));
+    assert.deepEqual(Array.from({ length: r.batch.length }, (_, i) => r.batch.tsNs(i) - DAY), [-10_000, 1_000, -1_000, 20_000, 1e9]);
+    // a late line right after the log's first midnight-side line: no previous day, put at 0
+    const s = importBpftraceLog([t('00:00:00:000005', 1), t('23:59:59:999999', 2), t('00:00:00:000020', 3), t('00:00:02:000000', 4)].join('\n'));
+    assert.deepEqual(Array.from({ length: s.batch.length }, (_, i) => s.batch.tsNs(i)), [5_000, 0, 20_000, 2e9]);
+
+    // the verdict does not change: a vCPU retrying one gpa 2000 times over 0.2 s across midnight
+    // is "retrying" (not stuck: under 1 s), with or without one late line
+    const lines: string[] = [];
+    const start = 86400e6 - 100_000; // microseconds of the day, 0.1 s before midnight
+    for (let k = 0; k < 2000; k++) {
+      const us = (start + k * 100) % 86400e6;
+      const clock = `${String(Math.floor(us / 3600e6)).padStart(2, '0')}:${String(Math.floor(us / 60e6) % 60).padStart(2, '0')}:${String(Math.floor(us / 1e6) % 60).padStart(2, '0')}:${String(us % 1e6).padStart(6, '0')}`;
+      lines.push(`${clock} tid[5] pid[4] FAULTIN_RET @ rip ffffffff81000000 (${k + 1} hits), gpa = 1000, hva = 7f0000001000 (7f0000001000), flags = 0, pfn = 1, ret = 0 : MMU seq = 80000010, in-prog = 0, start = 7f0000001000, end = 7f0000002000`);
+    }
+    const swapped = [...lines];
+    [swapped[1000], swapped[1001]] = [swapped[1001], swapped[1000]]; // 23:59:59.999990 printed after 00:00:00.000000
+    const verdict = (text: string) => {
+      const d = new StaleFaultDetector({ retPf: RET_PF_6_1 });
+      d.push(importBpftraceLog(text).batch);
+      return d.snapshot().map((v) => ({ state: v.state, attempts: v.attempts, seconds: Math.round((v.lastSeen - v.firstSeen) / 1e6) / 1e3 }));
+    };
+    const plain = verdict(lines.join('\n'));
+    assert.equal(plain[0].seconds, 0.2);
+    assert.deepEqual(verdict(swapped.join('\n')), plain);
+  });
+
   it('fuzz: random and mutated input never throws; every record it makes is well-formed', function () {
     this.timeout(20000);
     const rnd = prng(0xc0ffee);

@@ -177,9 +177,20 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       skip(ln + 1, raw, 'bad timestamp');
       continue;
     }
-    // a log that runs past midnight: the clock jumps back by most of a day
-    if (lastTs >= 0 && ts + dayOffset < lastTs - DAY_NS / 2) dayOffset += DAY_NS;
+    // A log that runs past midnight: the clock jumps back by most of a day (> 12 h behind the
+    // latest time seen), and from there on it is the next day. Lines are not strictly ordered
+    // (threads print late by microseconds), so a line more than 12 h *ahead* is one from before
+    // that midnight printed after it: the previous day, without moving the day back. Before the
+    // first midnight there is no previous day: such a line is put at time 0, a tiny reorder.
     ts += dayOffset;
+    if (lastTs >= 0) {
+      if (ts < lastTs - DAY_NS / 2) {
+        dayOffset += DAY_NS;
+        ts += DAY_NS;
+      } else if (ts > lastTs + DAY_NS / 2) {
+        ts = Math.max(0, ts - DAY_NS);
+      }
+    }
     if (ts > lastTs) lastTs = ts;
     const tid = Number(m[5]), pid = Number(m[6]), kindText = m[7];
     if (tid > 0xffffffff || pid > 0xffffffff) {
