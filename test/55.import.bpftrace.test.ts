@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { importBpftraceLog, looksLikeBpftraceLog, MAX_LINE_CHARS } from '../lib/import/bpftrace';
+import { createBpftraceImporter, DETECT_BYTES, importBpftraceLog, looksLikeBpftraceLog, MAX_LINE_CHARS } from '../lib/import/bpftrace';
 import { Flag, Kind, UNKNOWN } from '../lib/record';
 import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
 import { TextFormatter, textHeader } from '../lib/format';
@@ -62,6 +62,45 @@ describe('55 import: bpftrace logs of the incident', () => {
     assert.equal(b.skipped, 0);
     assert.deepEqual(Buffer.from(b.batch.copy().recordBytes(0).buffer), Buffer.from(a.batch.copy().recordBytes(0).buffer));
     assert.ok(looksLikeBpftraceLog(quoted));
+  });
+
+  it('takes bytes as well as text; CR-only, LF and CRLF line endings; pieces split anywhere give the same result', () => {
+    const a = importBpftraceLog(STUCK);
+    const same = (r: ReturnType<typeof importBpftraceLog>, what: string) => {
+      assert.equal(r.skipped, 0, `${what}: ${JSON.stringify(r.skippedLines)}`);
+      assert.equal(r.lines, a.lines, what);
+      assert.deepEqual(Buffer.from(r.batch.copy().recordBytes(0).buffer), Buffer.from(a.batch.copy().recordBytes(0).buffer), what);
+    };
+    same(importBpftraceLog(Buffer.from(STUCK)), 'Buffer');
+    same(importBpftraceLog(new Uint8Array(Buffer.from(STUCK))), 'Uint8Array');
+    for (const eol of ['\r', '\r\n', '\n']) {
+      const text = STUCK.split('\n').join(eol);
+      same(importBpftraceLog(text), JSON.stringify(eol));
+      assert.ok(looksLikeBpftraceLog(text) && looksLikeBpftraceLog(Buffer.from(text)));
+    }
+    // line numbers count \r\n once and a lone \r as a line end
+    const numbered = importBpftraceLog('x\r\ny\rz\n\r\nw');
+    assert.deepEqual(numbered.skippedLines.map((s) => [s.line, s.text]), [[1, 'x'], [2, 'y'], [3, 'z'], [5, 'w']]);
+    // streamed in pieces that split lines, \r\n pairs and multi-byte characters
+    const text = ('# \u00e9\u4e2d\r\n' + STUCK.split('\n').join('\r\n')).repeat(3);
+    const bytes = Buffer.from(text);
+    const whole = importBpftraceLog(bytes);
+    for (const size of [1, 2, 3, 7, 64, 4096]) {
+      const imp = createBpftraceImporter();
+      for (let at = 0; at < bytes.length; at += size) imp.push(bytes.subarray(at, at + size));
+      const r = imp.end();
+      assert.equal(r.lines, whole.lines);
+      assert.equal(r.skipped, 0);
+      assert.deepEqual(Buffer.from(r.batch.copy().recordBytes(0).buffer), Buffer.from(whole.batch.copy().recordBytes(0).buffer), `pieces of ${size}`);
+    }
+  });
+
+  it('format detection looks past a long preamble (bounded by bytes, not lines)', () => {
+    const preamble = Array.from({ length: 5000 }, (_, i) => `Attaching probe ${i}...`).join('\n') + '\n';
+    assert.ok(looksLikeBpftraceLog(preamble + STUCK), '5000 lines of preamble');
+    assert.ok(looksLikeBpftraceLog(Buffer.from(preamble + STUCK)));
+    assert.ok(!looksLikeBpftraceLog(preamble + STUCK, preamble.length), 'nothing past maxBytes is read');
+    assert.ok(!looksLikeBpftraceLog('x'.repeat(DETECT_BYTES) + '\n' + STUCK), 'past DETECT_BYTES');
   });
 
   it('counts garbage lines and reports the first ones with line numbers, keeps the good ones', () => {
@@ -173,7 +212,8 @@ describe('55 import: bpftrace logs of the incident', () => {
         lines.push(l);
       }
       const r = importBpftraceLog(lines.join('\n'));
-      assert.equal(r.lines, lines.join('\n').split('\n').filter((l) => l.replace(/\r$/, '').replace(/^\s*(?:>\s?)+/, '').trim() !== '').length);
+      // lines end at \n, \r\n or a lone \r
+      assert.equal(r.lines, lines.join('\n').split(/\r\n|\r|\n/).filter((l) => l.replace(/^\s*(?:>\s?)+/, '').trim() !== '').length);
       assert.ok(r.skipped <= r.lines);
       for (let i = 0; i < r.batch.length; i++) {
         const e = r.batch.get(i);

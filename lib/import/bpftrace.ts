@@ -26,10 +26,13 @@
  * line (TEXT_HEADER_PREFIX) says every line is one record, so the hit counter is not turned into
  * attempts there. Other lines starting with '#' are comments.
  *
- * Email quoting ("> ", "> > "), blank lines and CRLF are tolerated; anything else that does not
- * parse is counted and the first few are reported with line numbers; lines over MAX_LINE_CHARS
- * are skipped as too long. Parsing is linear in the input. Never throws on content.
+ * Lines end at \n, \r\n or \r; the log may come as text or UTF-8 bytes, whole or in pieces
+ * (createBpftraceImporter). Email quoting ("> ", "> > ") and blank lines are tolerated;
+ * anything else that does not parse is counted and the first few are reported with line
+ * numbers; lines over MAX_LINE_CHARS are skipped as too long. Parsing is linear in the input.
+ * Never throws on content.
  */
+import { StringDecoder } from 'node:string_decoder';
 import { TEXT_HEADER_PREFIX } from '../format';
 import { Flag, Kind, kindFromName, RecordBatch, RecordWriter } from '../record';
 
@@ -124,24 +127,111 @@ function scanFields(rest: string, fields: Map<string, string>): void {
   }
 }
 
-/** True when the text looks like this log format (some line parses). */
-export function looksLikeBpftraceLog(text: string): boolean {
-  let n = 0;
-  for (const raw of text.split('\n')) {
-    if (n++ > 200) break;
-    if (HEAD.test(raw.replace(QUOTE, '').trim())) return true;
+/** Bytes (or characters of a string) looksLikeBpftraceLog reads at most. */
+export const DETECT_BYTES = 1 << 20;
+
+/**
+ * Calls onLine for each line of the text pushed in pieces: lines end at \n, \r\n or a lone \r
+ * (a terminator split across pieces counts once). A line's text is kept only up to
+ * MAX_LINE_CHARS + 1 characters, with its full length, so one endless line costs bounded memory.
+ */
+export class LineSplitter {
+  private part = '';
+  private partLength = 0;
+  private afterCR = false;
+  private pending = false;
+  private lineNo = 0;
+  private readonly decoder = new StringDecoder('utf8');
+
+  constructor(private readonly onLine: (text: string, length: number, lineNo: number) => void) {}
+
+  /** Bytes are UTF-8 (a character split across pieces is put back together). */
+  push(piece: string | Uint8Array): void {
+    const s = typeof piece === 'string' ? piece : this.decoder.write(piece as Buffer);
+    let i = 0;
+    if (this.afterCR && s.length > 0) {
+      if (s.charCodeAt(0) === 0x0a) i = 1; // the \n of a \r\n split across pieces
+      this.afterCR = false;
+    }
+    const EOL = /[\r\n]/g;
+    EOL.lastIndex = i;
+    for (;;) {
+      const m = EOL.exec(s);
+      if (m === null) {
+        this.append(s, i, s.length);
+        return;
+      }
+      const j = m.index;
+      this.append(s, i, j);
+      this.emit();
+      if (s.charCodeAt(j) === 0x0d) {
+        if (j + 1 === s.length) {
+          this.afterCR = true;
+        } else if (s.charCodeAt(j + 1) === 0x0a) {
+          EOL.lastIndex = j + 2;
+        }
+      }
+      i = EOL.lastIndex;
+    }
   }
-  return false;
+
+  /** The last line (one without a terminator). */
+  end(): void {
+    this.append(this.decoder.end(), 0, Infinity);
+    if (this.pending) this.emit();
+  }
+
+  private append(s: string, from: number, to: number): void {
+    const n = Math.min(to, s.length) - from;
+    if (n <= 0) return;
+    this.pending = true;
+    if (this.part.length <= MAX_LINE_CHARS) this.part += s.slice(from, from + Math.min(n, MAX_LINE_CHARS + 1 - this.part.length));
+    this.partLength += n;
+  }
+
+  private emit(): void {
+    const text = this.part, length = this.partLength;
+    this.part = '';
+    this.partLength = 0;
+    this.pending = false;
+    this.onLine(text, length, ++this.lineNo);
+  }
 }
 
-export function importBpftraceLog(text: string, options: BpftraceImportOptions = {}): BpftraceImport {
+/** A string in pieces of at most 1 MiB, or bytes as they are. */
+function* pieces(input: string | Uint8Array, size = 1 << 20): Generator<string | Uint8Array> {
+  for (let at = 0; at < input.length; at += size) yield input.slice(at, at + size);
+}
+
+/**
+ * True when the text looks like this log format: some line in the first DETECT_BYTES parses.
+ * Accepts the text or its UTF-8 bytes.
+ */
+export function looksLikeBpftraceLog(input: string | Uint8Array, maxBytes = DETECT_BYTES): boolean {
+  let found = false;
+  const lines = new LineSplitter((text, length) => {
+    if (!found && length <= MAX_LINE_CHARS && HEAD.test(text.replace(QUOTE, '').trim())) found = true;
+  });
+  lines.push(input.slice(0, maxBytes));
+  lines.end();
+  return found;
+}
+
+export interface BpftraceImporter {
+  /** the next piece of the log: text, or UTF-8 bytes (pieces may split lines and characters) */
+  push(piece: string | Uint8Array): void;
+  /** ends the log and returns what was imported */
+  end(): BpftraceImport;
+}
+
+/** An importer fed in pieces (a log streamed from a file): memory bounded by the records made. */
+export function createBpftraceImporter(options: BpftraceImportOptions = {}): BpftraceImporter {
   const maxReported = options.maxReported ?? 10;
   const writer = new RecordWriter(1024);
   const threads = new Map<number, ThreadState>();
   const skippedLines: SkippedLine[] = [];
   let lines = 0, skipped = 0, ignored = 0;
   let dayOffset = 0, lastTs = -1;
-  const lineTexts = text.split('\n');
   const fields = new Map<string, string>();
   let ownText = false; // kvmfault's own trace text: one record per line
   let kernel: string | null = null;
@@ -151,31 +241,30 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
     if (skippedLines.length < maxReported) skippedLines.push({ line, text: raw.length > 200 ? raw.slice(0, 200) + '...' : raw, reason });
   };
 
-  for (let ln = 0; ln < lineTexts.length; ln++) {
-    const raw = lineTexts[ln].replace(/\r$/, '');
+  const onLine = (raw: string, rawLength: number, lineNo: number): void => {
     const line = raw.replace(QUOTE, '').trim();
-    if (line === '') continue;
+    if (line === '') return;
     if (line.startsWith('#')) {
       if (line.startsWith(TEXT_HEADER_PREFIX)) {
         ownText = true;
         kernel = /\bkernel ([^\s;,]+)/.exec(line)?.[1] ?? kernel;
       }
-      continue;
+      return;
     }
     lines++;
-    if (line.length > MAX_LINE_CHARS) {
-      skip(ln + 1, raw, `line too long (${line.length} characters, at most ${MAX_LINE_CHARS})`);
-      continue;
+    if (rawLength > MAX_LINE_CHARS) {
+      skip(lineNo, raw, `line too long (${rawLength} characters, at most ${MAX_LINE_CHARS})`);
+      return;
     }
     const m = HEAD.exec(line);
     if (!m) {
-      skip(ln + 1, raw, 'not a "HH:MM:SS:usec tid[N] pid[N] KIND @ rip X ..." line');
-      continue;
+      skip(lineNo, raw, 'not a "HH:MM:SS:usec tid[N] pid[N] KIND @ rip X ..." line');
+      return;
     }
     let ts = parseTimestamp(m[1], m[2], m[3], m[4]);
     if (Number.isNaN(ts)) {
-      skip(ln + 1, raw, 'bad timestamp');
-      continue;
+      skip(lineNo, raw, 'bad timestamp');
+      return;
     }
     // A log that runs past midnight: the clock jumps back by most of a day (> 12 h behind the
     // latest time seen), and from there on it is the next day. Lines are not strictly ordered
@@ -194,8 +283,8 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
     if (ts > lastTs) lastTs = ts;
     const tid = Number(m[5]), pid = Number(m[6]), kindText = m[7];
     if (tid > 0xffffffff || pid > 0xffffffff) {
-      skip(ln + 1, raw, 'tid/pid out of range');
-      continue;
+      skip(lineNo, raw, 'tid/pid out of range');
+      return;
     }
     const rip = m[8] === '?' ? UNKNOWN_RIP : BigInt('0x' + m[8]);
     const ripStale = m[9] !== undefined;
@@ -213,13 +302,13 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
       default: kind = kindText === 'TEST' ? undefined : kindFromName(kindText.toLowerCase());
     }
     if (kind === undefined) {
-      skip(ln + 1, raw, `unknown line kind ${kindText}`);
-      continue;
+      skip(lineNo, raw, `unknown line kind ${kindText}`);
+      return;
     }
     const gpaText = fields.get('gpa');
     if (!NO_GPA.has(kind) && (gpaText === undefined || !HEX64.test(gpaText))) {
-      skip(ln + 1, raw, 'no gpa');
-      continue;
+      skip(lineNo, raw, 'no gpa');
+      return;
     }
     let bad = '';
     const num = (key: string): bigint | null => {
@@ -236,16 +325,16 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
     const inProg = num('in-prog'), start = num('start'), end = num('end'), ret = num('ret');
     const errorCode = num('flags'), vcpu = num('vcpu'), repeatField = num('repeat'), faultSeq = num('fault seq');
     if (bad) {
-      skip(ln + 1, raw, `bad value for ${bad}`);
-      continue;
+      skip(lineNo, raw, `bad value for ${bad}`);
+      return;
     }
     if (ret !== null && (ret < -0x7fffffffn || ret > 0x7fffffffn)) {
-      skip(ln + 1, raw, 'ret out of range');
-      continue;
+      skip(lineNo, raw, 'ret out of range');
+      return;
     }
     if ((vcpu !== null && (vcpu < 0n || vcpu >= 0xffffffffn)) || (repeatField !== null && (repeatField < 1n || repeatField > 0xfffffffen))) {
-      skip(ln + 1, raw, 'vcpu/repeat out of range');
-      continue;
+      skip(lineNo, raw, 'vcpu/repeat out of range');
+      return;
     }
     const repeat = repeatField === null ? 1 : Number(repeatField);
     const flags = (ripStale ? Flag.RIP_STALE : 0) | (RANGE_GFN.test(rest) ? Flag.RANGE_GFN : 0);
@@ -311,6 +400,21 @@ export function importBpftraceLog(text: string, options: BpftraceImportOptions =
     } else {
       emit(kind, repeat);
     }
-  }
-  return { batch: writer.batch(), lines, records: writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel };
+  };
+
+  const splitter = new LineSplitter(onLine);
+  return {
+    push: (piece) => splitter.push(piece),
+    end: () => {
+      splitter.end();
+      return { batch: writer.batch(), lines, records: writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel };
+    },
+  };
+}
+
+/** Imports a whole log: its text or its UTF-8 bytes. */
+export function importBpftraceLog(input: string | Uint8Array, options: BpftraceImportOptions = {}): BpftraceImport {
+  const imp = createBpftraceImporter(options);
+  for (const piece of pieces(input)) imp.push(piece);
+  return imp.end();
 }
