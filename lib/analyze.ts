@@ -2,10 +2,10 @@
  * Offline analysis: a capture file or a bpftrace log in, one verdict per vCPU out.
  * The format is detected from the content (the capture magic, else the log's line shape).
  */
-import { promises as fsp } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import { CaptureDamage, CaptureError, CaptureMeta, isCapture, openCapture } from './capture';
 import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
-import { importBpftraceLog, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
+import { createBpftraceImporter, DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
 import { judgeKernel, KernelInfo, StaleCheckSignature } from './kernels';
 
 function isStaleCheck(x: unknown): x is StaleCheckSignature {
@@ -114,22 +114,42 @@ export async function analyzeFile(path: string, options: AnalyzeOptions = {}): P
     }
     capture = { meta, damage: reader.damage };
   } else {
-    const text = await fsp.readFile(path, 'utf8');
-    if (!looksLikeBpftraceLog(text)) {
+    // detection on the first DETECT_BYTES, then the whole file streamed line by line: memory
+    // stays bounded whatever the file's size (one string of it failed past ~512 MiB)
+    const head = new Uint8Array(Math.min(DETECT_BYTES, stat.size));
+    const hf = await fsp.open(path, 'r');
+    const { bytesRead } = await hf.read(head, 0, head.length, 0).finally(() => hf.close());
+    if (!looksLikeBpftraceLog(head.subarray(0, bytesRead))) {
       throw new AnalyzeInputError(`${path} is neither a kvmfault capture (no KVMFCAP magic) nor a bpftrace log in the incident's format (no line like "21:25:50:282711 tid[N] pid[N] FAULTIN @ rip ...")`);
     }
     format = 'bpftrace';
-    const imp = importBpftraceLog(text);
-    if (!kernel && imp.kernel) {
-      kernel = judgeKernel(imp.kernel);
-      kernelSource = 'trace text';
+    // the detector is made when the first records come: by then the text's header (its first
+    // line) has said which kernel traced it
+    let textDetector: StaleFaultDetector | null = null;
+    let textRetPf: RetPfTable | null = null;
+    const ensureDetector = (): StaleFaultDetector => {
+      if (!textDetector) {
+        if (!kernel && imp.kernel) {
+          kernel = judgeKernel(imp.kernel);
+          kernelSource = 'trace text';
+        }
+        // the incident's logs come from 6.1 hosts: MAP_RET ret = 4 is RET_PF_FIXED there
+        textRetPf = kernel ? retPfFor(kernel) : { ...RET_PF_6_1 };
+        textDetector = makeDetector(textRetPf);
+      }
+      return textDetector;
+    };
+    const imp = createBpftraceImporter({ onBatch: (b) => ensureDetector().push(b) });
+    try {
+      for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) imp.push(chunk as Buffer);
+    } catch (e) {
+      throw new AnalyzeInputError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    // the incident's logs come from 6.1 hosts: MAP_RET ret = 4 is RET_PF_FIXED there
-    retPf = kernel ? retPfFor(kernel) : { ...RET_PF_6_1 };
-    detector = makeDetector(retPf);
-    detector.push(imp.batch);
-    records = imp.records;
-    importer = { lines: imp.lines, records: imp.records, ignored: imp.ignored, skipped: imp.skipped, skippedLines: imp.skippedLines, kvmfaultText: imp.kvmfaultText };
+    const result = imp.end();
+    detector = ensureDetector();
+    retPf = textRetPf!;
+    records = result.records;
+    importer = { lines: result.lines, records: result.records, ignored: result.ignored, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: result.kvmfaultText };
   }
 
   for (const v of detector.snapshot()) latest.set(v.tid, v);

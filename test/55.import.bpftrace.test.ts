@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { createBpftraceImporter, DETECT_BYTES, importBpftraceLog, looksLikeBpftraceLog, MAX_LINE_CHARS } from '../lib/import/bpftrace';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { analyzeFile } from '../lib/analyze';
+import { createBpftraceImporter, DETECT_BYTES, importBpftraceLog, looksLikeBpftraceLog, MAX_LINE_BYTES } from '../lib/import/bpftrace';
 import { Flag, Kind, UNKNOWN } from '../lib/record';
 import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
 import { TextFormatter, textHeader } from '../lib/format';
@@ -103,6 +106,63 @@ describe('55 import: bpftrace logs of the incident', () => {
     assert.ok(!looksLikeBpftraceLog('x'.repeat(DETECT_BYTES) + '\n' + STUCK), 'past DETECT_BYTES');
   });
 
+  it('analyze streams a text log: a 520 MiB file (more than one string can hold) is read with bounded memory', async function () {
+    this.timeout(60_000);
+    // sparse: the stuck log, 520 MiB of NUL bytes (one line, skipped as too long), the log again
+    const dir = mkdtempSync(path.join(tmpdir(), 'kvmfault-55-'));
+    const file = path.join(dir, 'big.log');
+    try {
+      const hole = 520 << 20;
+      const fd = openSync(file, 'w');
+      writeSync(fd, STUCK + '\n', 0);
+      const tail = Buffer.from('\n' + STUCK);
+      const at = Buffer.byteLength(STUCK + '\n') + hole;
+      writeSync(fd, tail, 0, tail.length, at);
+      closeSync(fd);
+      assert.ok(at > 0x1fffffe8, 'larger than the longest string V8 makes');
+      const rssBefore = process.memoryUsage().rss;
+      let peak = rssBefore;
+      const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+      const r = await analyzeFile(file).finally(() => clearInterval(timer));
+      assert.equal(r.format, 'bpftrace');
+      assert.equal(r.importer!.lines, 27);
+      assert.equal(r.importer!.skipped, 1);
+      assert.match(r.importer!.skippedLines[0].reason, /^line too long \(545259520 bytes/);
+      assert.equal(r.stuck, 2, 'both threads of the stuck log');
+      assert.ok(peak - rssBefore < 200 << 20, `memory grew by ${((peak - rssBefore) / 2 ** 20).toFixed(0)} MiB`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('analyze hands the records to the detector in batches: same report as one batch', async function () {
+    this.timeout(30_000);
+    const dir = mkdtempSync(path.join(tmpdir(), 'kvmfault-55-'));
+    try {
+      const file = path.join(dir, 'x.log');
+      writeFileSync(file, (STUCK + PROGRESS).repeat(2000));
+      const r = await analyzeFile(file);
+      const d = new StaleFaultDetector({ retPf: RET_PF_6_1 });
+      const imp = importBpftraceLog((STUCK + PROGRESS).repeat(2000));
+      d.push(imp.batch);
+      assert.ok(imp.records > 65536, 'more than one batch');
+      assert.equal(r.records, imp.records);
+      const pick = (v: { tid: number; state: string; attempts: number; cause: string | null }) => ({ tid: v.tid, state: v.state, attempts: v.attempts, cause: v.cause });
+      assert.deepEqual(r.vcpus.map(pick).sort((a, b) => a.tid - b.tid), d.snapshot().map(pick).sort((a, b) => a.tid - b.tid));
+      let handed = 0, batches = 0;
+      const streamed = createBpftraceImporter({ batchRecords: 1000, onBatch: (b) => { handed += b.length; batches++; } });
+      streamed.push((STUCK + PROGRESS).repeat(100));
+      const end = streamed.end();
+      assert.equal(end.batch.length, 0);
+      const small = importBpftraceLog((STUCK + PROGRESS).repeat(100)).records;
+      assert.equal(handed, small);
+      assert.equal(end.records, small);
+      assert.ok(batches >= 2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('counts garbage lines and reports the first ones with line numbers, keeps the good ones', () => {
     const lines = STUCK.split('\n').filter(Boolean);
     const text = ['hello world', lines[0], 'Attaching 7 probes...', lines[1], '21:25:50:282711 tid[x] pid[1] FAULTIN @ rip 1', lines[2],
@@ -131,13 +191,13 @@ describe('55 import: bpftrace logs of the incident', () => {
       assert.ok(ms < 1000, `${ms} ms`);
       assert.equal(r.lines, 1);
       assert.equal(r.skipped, 1);
-      assert.match(r.skippedLines[0].reason, /^line too long \(\d+ characters, at most \d+\)$/);
+      assert.match(r.skippedLines[0].reason, /^line too long \(\d+ bytes, at most \d+\)$/);
       assert.ok(r.skippedLines[0].text.length <= 203, 'the report keeps a short prefix');
     }
     // just under the limit, every shape the old field regex backtracked on: read, not skipped
     for (const unit of ['a', 'word ', 'a b ', '= ', 'a =', 'x = ', 'f', '= 1 (', '(f', ' \t,', ' \u2028']) {
-      const n = MAX_LINE_CHARS - head.length - 1;
-      const { r, ms } = timed(head + unit.repeat(Math.ceil(n / unit.length)).slice(0, n));
+      const n = MAX_LINE_BYTES - head.length - 1;
+      const { r, ms } = timed(head + unit.repeat(Math.floor(n / Buffer.byteLength(unit))));
       assert.ok(ms < 500, `${JSON.stringify(unit)}: ${ms} ms`);
       assert.equal(r.skipped, 0, JSON.stringify(r.skippedLines));
       assert.equal(r.batch.gpa(0), 0x1343fa0b0);

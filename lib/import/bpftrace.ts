@@ -29,10 +29,9 @@
  * Lines end at \n, \r\n or \r; the log may come as text or UTF-8 bytes, whole or in pieces
  * (createBpftraceImporter). Email quoting ("> ", "> > ") and blank lines are tolerated;
  * anything else that does not parse is counted and the first few are reported with line
- * numbers; lines over MAX_LINE_CHARS are skipped as too long. Parsing is linear in the input.
+ * numbers; lines over MAX_LINE_BYTES are skipped as too long. Parsing is linear in the input.
  * Never throws on content.
  */
-import { StringDecoder } from 'node:string_decoder';
 import { TEXT_HEADER_PREFIX } from '../format';
 import { Flag, Kind, kindFromName, RecordBatch, RecordWriter } from '../record';
 
@@ -61,6 +60,13 @@ export interface BpftraceImport {
 export interface BpftraceImportOptions {
   /** skipped lines to keep for the report (default 10) */
   maxReported?: number;
+  /**
+   * Hand the records over in batches of about `batchRecords` as they are made (a log streamed
+   * into a detector: memory stays bounded). The returned `batch` then holds no records.
+   */
+  onBatch?: (batch: RecordBatch) => void;
+  /** records per onBatch batch (default 65536) */
+  batchRecords?: number;
 }
 
 // Every regex here runs in time linear in the line: HEAD is anchored, its quantified runs are
@@ -69,8 +75,8 @@ export interface BpftraceImportOptions {
 const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d{1,20})\]\s+pid\[(\d{1,20})\]\s+([A-Z][A-Z_]{0,31})\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16}|\?)(\?)?(?:\s*\((\d{1,20})\s+hits?\))?\s*,?([^]*)$/;
 /** a field's value at a fixed position (sticky): "-?(0x)?hex", then an optional "(hex)" */
 const FIELD_VALUE = /\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*\))?/y;
-/** Lines longer than this are skipped as "line too long" (the incident's are ~250 characters). */
-export const MAX_LINE_CHARS = 16384;
+/** Lines longer than this (in UTF-8 bytes) are skipped as "line too long" (the incident's are ~250). */
+export const MAX_LINE_BYTES = 16384;
 const QUOTE = /^\s*(?:>\s?)+/;
 const DAY_NS = 86400e9;
 const DECIMAL_KEYS = new Set(['ret', 'in-prog', 'count', 'hits', 'tdp_mmu', 'vcpu', 'repeat']);
@@ -132,75 +138,88 @@ export const DETECT_BYTES = 1 << 20;
 
 /**
  * Calls onLine for each line of the text pushed in pieces: lines end at \n, \r\n or a lone \r
- * (a terminator split across pieces counts once). A line's text is kept only up to
- * MAX_LINE_CHARS + 1 characters, with its full length, so one endless line costs bounded memory.
+ * (a terminator split across pieces counts once). Works on the UTF-8 bytes (text pieces are
+ * encoded): a line's bytes are kept and decoded only up to MAX_LINE_BYTES + 1, with its full
+ * length in bytes, so one endless line costs bounded memory and no decoding.
  */
 export class LineSplitter {
-  private part = '';
-  private partLength = 0;
+  private parts: Buffer[] = [];
+  private kept = 0;
+  private length = 0;
   private afterCR = false;
   private pending = false;
   private lineNo = 0;
-  private readonly decoder = new StringDecoder('utf8');
 
-  constructor(private readonly onLine: (text: string, length: number, lineNo: number) => void) {}
+  constructor(private readonly onLine: (text: string, bytes: number, lineNo: number) => void) {}
 
-  /** Bytes are UTF-8 (a character split across pieces is put back together). */
   push(piece: string | Uint8Array): void {
-    const s = typeof piece === 'string' ? piece : this.decoder.write(piece as Buffer);
+    const b = typeof piece === 'string' ? Buffer.from(piece, 'utf8')
+      : Buffer.isBuffer(piece) ? piece : Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength);
     let i = 0;
-    if (this.afterCR && s.length > 0) {
-      if (s.charCodeAt(0) === 0x0a) i = 1; // the \n of a \r\n split across pieces
+    if (this.afterCR && b.length > 0) {
+      if (b[0] === 0x0a) i = 1; // the \n of a \r\n split across pieces
       this.afterCR = false;
     }
-    const EOL = /[\r\n]/g;
-    EOL.lastIndex = i;
-    for (;;) {
-      const m = EOL.exec(s);
-      if (m === null) {
-        this.append(s, i, s.length);
+    let lf = -2, cr = -2; // the next \n and \r at or after i (-1: none left)
+    while (i < b.length) {
+      if (lf !== -1 && lf < i) lf = b.indexOf(0x0a, i);
+      if (cr !== -1 && cr < i) cr = b.indexOf(0x0d, i);
+      const j = lf < 0 ? cr : cr < 0 ? lf : Math.min(lf, cr);
+      if (j < 0) {
+        this.append(b, i, b.length);
         return;
       }
-      const j = m.index;
-      this.append(s, i, j);
+      this.append(b, i, j);
       this.emit();
-      if (s.charCodeAt(j) === 0x0d) {
-        if (j + 1 === s.length) {
-          this.afterCR = true;
-        } else if (s.charCodeAt(j + 1) === 0x0a) {
-          EOL.lastIndex = j + 2;
-        }
+      i = j + 1;
+      if (j === cr) {
+        if (j + 1 === b.length) this.afterCR = true;
+        else if (b[j + 1] === 0x0a) i = j + 2;
       }
-      i = EOL.lastIndex;
     }
   }
 
   /** The last line (one without a terminator). */
   end(): void {
-    this.append(this.decoder.end(), 0, Infinity);
     if (this.pending) this.emit();
   }
 
-  private append(s: string, from: number, to: number): void {
-    const n = Math.min(to, s.length) - from;
+  private append(b: Buffer, from: number, to: number): void {
+    const n = to - from;
     if (n <= 0) return;
     this.pending = true;
-    if (this.part.length <= MAX_LINE_CHARS) this.part += s.slice(from, from + Math.min(n, MAX_LINE_CHARS + 1 - this.part.length));
-    this.partLength += n;
+    const keep = Math.min(n, MAX_LINE_BYTES + 1 - this.kept);
+    if (keep > 0) {
+      this.parts.push(b.subarray(from, from + keep));
+      this.kept += keep;
+    }
+    this.length += n;
   }
 
   private emit(): void {
-    const text = this.part, length = this.partLength;
-    this.part = '';
-    this.partLength = 0;
+    const text = this.parts.length === 1 ? this.parts[0].toString('utf8') : Buffer.concat(this.parts).toString('utf8');
+    const length = this.length;
+    this.parts = [];
+    this.kept = 0;
+    this.length = 0;
     this.pending = false;
     this.onLine(text, length, ++this.lineNo);
   }
 }
 
-/** A string in pieces of at most 1 MiB, or bytes as they are. */
+/** Bytes or text in pieces of about 1 MiB (text not split inside a surrogate pair). */
 function* pieces(input: string | Uint8Array, size = 1 << 20): Generator<string | Uint8Array> {
-  for (let at = 0; at < input.length; at += size) yield input.slice(at, at + size);
+  if (typeof input !== 'string') {
+    for (let at = 0; at < input.length; at += size) yield input.subarray(at, at + size);
+    return;
+  }
+  for (let at = 0; at < input.length;) {
+    let to = Math.min(input.length, at + size);
+    const c = input.charCodeAt(to - 1);
+    if (to < input.length && c >= 0xd800 && c <= 0xdbff) to++;
+    yield input.slice(at, to);
+    at = to;
+  }
 }
 
 /**
@@ -210,14 +229,16 @@ function* pieces(input: string | Uint8Array, size = 1 << 20): Generator<string |
 export function looksLikeBpftraceLog(input: string | Uint8Array, maxBytes = DETECT_BYTES): boolean {
   let found = false;
   const lines = new LineSplitter((text, length) => {
-    if (!found && length <= MAX_LINE_CHARS && HEAD.test(text.replace(QUOTE, '').trim())) found = true;
+    if (!found && length <= MAX_LINE_BYTES && HEAD.test(text.replace(QUOTE, '').trim())) found = true;
   });
-  lines.push(input.slice(0, maxBytes));
+  lines.push(typeof input === 'string' ? input.slice(0, maxBytes) : input.subarray(0, maxBytes));
   lines.end();
   return found;
 }
 
 export interface BpftraceImporter {
+  /** the traced host's kernel release, once the text's header said it */
+  readonly kernel: string | null;
   /** the next piece of the log: text, or UTF-8 bytes (pieces may split lines and characters) */
   push(piece: string | Uint8Array): void;
   /** ends the log and returns what was imported */
@@ -227,7 +248,10 @@ export interface BpftraceImporter {
 /** An importer fed in pieces (a log streamed from a file): memory bounded by the records made. */
 export function createBpftraceImporter(options: BpftraceImportOptions = {}): BpftraceImporter {
   const maxReported = options.maxReported ?? 10;
-  const writer = new RecordWriter(1024);
+  let writer = new RecordWriter(1024);
+  let handedOver = 0;
+  const onBatch = options.onBatch;
+  const batchRecords = Math.max(1, options.batchRecords ?? 65536);
   const threads = new Map<number, ThreadState>();
   const skippedLines: SkippedLine[] = [];
   let lines = 0, skipped = 0, ignored = 0;
@@ -241,7 +265,7 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
     if (skippedLines.length < maxReported) skippedLines.push({ line, text: raw.length > 200 ? raw.slice(0, 200) + '...' : raw, reason });
   };
 
-  const onLine = (raw: string, rawLength: number, lineNo: number): void => {
+  const onLine = (raw: string, rawBytes: number, lineNo: number): void => {
     const line = raw.replace(QUOTE, '').trim();
     if (line === '') return;
     if (line.startsWith('#')) {
@@ -252,8 +276,8 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
       return;
     }
     lines++;
-    if (rawLength > MAX_LINE_CHARS) {
-      skip(lineNo, raw, `line too long (${rawLength} characters, at most ${MAX_LINE_CHARS})`);
+    if (rawBytes > MAX_LINE_BYTES) {
+      skip(lineNo, raw, `line too long (${rawBytes} bytes, at most ${MAX_LINE_BYTES})`);
       return;
     }
     const m = HEAD.exec(line);
@@ -402,12 +426,27 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
     }
   };
 
-  const splitter = new LineSplitter(onLine);
+  const handOver = (): void => {
+    if (writer.count === 0) return;
+    handedOver += writer.count;
+    const batch = writer.batch();
+    writer = new RecordWriter(1024);
+    onBatch!(batch);
+  };
+
+  const splitter = new LineSplitter((text, bytes, lineNo) => {
+    onLine(text, bytes, lineNo);
+    if (onBatch && writer.count >= batchRecords) handOver();
+  });
   return {
+    get kernel() {
+      return kernel;
+    },
     push: (piece) => splitter.push(piece),
     end: () => {
       splitter.end();
-      return { batch: writer.batch(), lines, records: writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel };
+      if (onBatch) handOver();
+      return { batch: writer.batch(), lines, records: handedOver + writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel };
     },
   };
 }
