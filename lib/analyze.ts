@@ -6,6 +6,7 @@ import { createReadStream, promises as fsp } from 'node:fs';
 import { CaptureDamage, CaptureError, CaptureMeta, isCapture, openCapture } from './capture';
 import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
 import { createBpftraceImporter, DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
+import { escapeControl } from './escape';
 import { judgeKernel, KernelInfo, StaleCheckSignature } from './kernels';
 
 function isStaleCheck(x: unknown): x is StaleCheckSignature {
@@ -221,7 +222,9 @@ export function formatReport(r: AnalysisReport): string {
   }
   const st = r.detector;
   if (st.evictedIdle + st.evictedForCapacity > 0) out.push(`evicted vCPUs: ${st.evictedIdle} idle, ${st.evictedForCapacity} for capacity`);
-  return out.join('\n') + '\n';
+  // each entry is one line; what came from the input (skipped lines, the capture's metadata, the
+  // path, a kernel release) may hold control characters: shown escaped, never sent raw
+  return out.map(escapeControl).join('\n') + '\n';
 }
 
 /** The --json document: the report with a `vcpus` array (pid, tid, state, cause, gpa, attempts, evidence). */

@@ -5,7 +5,8 @@ import path from 'node:path';
 import { CaptureError, CaptureWriter, openCapture } from '../lib/capture';
 import { RECORD_SIZE, RecordBatch } from '../lib/record';
 import { StaleFaultDetector } from '../lib/detector';
-import { chunked, interleavedMix } from './helpers/scenarios';
+import { chunked, interleavedMix, stuckSignExtension } from './helpers/scenarios';
+import { analyzeFile, formatReport } from '../lib/analyze';
 
 export function tempDir(): string {
   return mkdtempSync(path.join(tmpdir(), 'kvmfault-cap-'));
@@ -101,6 +102,17 @@ describe('50 capture: write and read back', () => {
     await assert.rejects(async () => {
       for await (const _ of (await openCapture(file)).batches({ speed: -1 })) { /* nothing */ }
     }, /replay speed must be/);
+  });
+
+  it("the capture's metadata is shown with control characters escaped (ESC, BEL, NUL, newline)", async () => {
+    const file = path.join(dir, 'evil-meta.kvmf');
+    const w = CaptureWriter.create(file, { meta: { hostKernel: '6.1.0\x1b]0;pwned\x07\x1b[2J\0\nkernel 6.12: not affected\u009b31m' } });
+    w.write(stuckSignExtension(10));
+    w.close();
+    const text = formatReport(await analyzeFile(file));
+    assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(text), JSON.stringify(text));
+    assert.match(text, /traced on 6\.1\.0\\x1b\]0;pwned\\x07\\x1b\[2J\\x00\\x0akernel 6\.12: not affected\\x9b31m/);
+    assert.equal(text.split('\n')[0].startsWith(`${file}: capture`), true, 'no line forged');
   });
 
   it('not a capture, missing file: clear errors', async () => {

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { analyzeFile } from '../lib/analyze';
+import { analyzeFile, formatReport } from '../lib/analyze';
+import { escapeControl, escapeJsonControl } from '../lib/escape';
 import { createBpftraceImporter, DETECT_BYTES, importBpftraceLog, looksLikeBpftraceLog, MAX_LINE_BYTES } from '../lib/import/bpftrace';
 import { Flag, Kind, UNKNOWN } from '../lib/record';
 import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
@@ -158,6 +159,27 @@ describe('55 import: bpftrace logs of the incident', () => {
       assert.equal(handed, small);
       assert.equal(end.records, small);
       assert.ok(batches >= 2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('skipped lines are reported with control characters escaped (ESC, BEL, NUL, C1, bidi)', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'kvmfault-55-'));
+    try {
+      const file = path.join(dir, 'evil.log');
+      writeFileSync(file, STUCK + '\x1b]0;pwned\x07 \x1b[2J\x1b[1;1H\0 NUL \u009b31m \u202egnp.exe\n' + STUCK);
+      const r = await analyzeFile(file);
+      assert.equal(r.importer!.skipped, 1);
+      assert.equal(r.importer!.skippedLines[0].text.charCodeAt(0), 0x1b, 'the report object keeps the text as it is');
+      const text = formatReport(r);
+      assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(text), JSON.stringify(text));
+      assert.ok(!/[\u202a-\u202e]/.test(text));
+      assert.match(text, /line 14: not a .*: \\x1b\]0;pwned\\x07 \\x1b\[2J\\x1b\[1;1H\\x00 NUL \\x9b31m \\u\{202e\}gnp\.exe$/m);
+      assert.equal(escapeControl('a\tb\\x1b\u2028'), 'a\\x09b\\x1b\\u{2028}', 'tab and separators too; backslashes left');
+      assert.equal(escapeControl('plain text, 21:25:50 gpa = 1'), 'plain text, 21:25:50 gpa = 1');
+      assert.equal(JSON.parse(escapeJsonControl(JSON.stringify({ s: '\u009b\u007f\u202e' }))).s, '\u009b\u007f\u202e');
+      assert.ok(!/[\u007f-\u009f\u202e]/.test(escapeJsonControl(JSON.stringify({ s: '\u009b\u007f\u202e' }))));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { cliSync } from './70.cli.helpers';
 
 const COMMANDS = ['doctor', 'trace', 'watch', 'record', 'metrics', 'demo'];
@@ -45,6 +48,32 @@ describe('70 CLI usage: help and bad arguments', function () {
       assert.equal(r.stdout, '');
     });
   }
+
+  it('analyze and errors show input text with control characters escaped, never raw', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmfault-70-'));
+    try {
+      const log = fs.readFileSync(path.join(__dirname, '../../test/fixtures/stuck-seq-sign-extension.log'), 'utf8');
+      const file = path.join(dir, 'evil.log');
+      fs.writeFileSync(file, log + '\x1b]0;pwned\x07\x1b[2J\0\u009b31m\n');
+      const r = cliSync(['analyze', file]);
+      assert.equal(r.status, 1, r.stderr);
+      assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(r.stdout), JSON.stringify(r.stdout));
+      assert.match(r.stdout, /: \\x1b\]0;pwned\\x07\\x1b\[2J\\x00\\x9b31m$/m);
+      const j = cliSync(['analyze', '--json', file]);
+      assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(j.stdout));
+      assert.equal(JSON.parse(j.stdout).importer.skippedLines[0].text, '\x1b]0;pwned\x07\x1b[2J\0\u009b31m', 'JSON keeps the text');
+      // a missing file whose name holds ESC and BEL; an unknown option with ESC and a newline
+      for (const args of [['analyze', path.join(dir, 'no\x1b[31mpe\x07')], ['analyze', '--k\x1b[2Jx\ny', file]]) {
+        const e = cliSync(args);
+        assert.equal(e.status, 2, e.stderr);
+        assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/.test(e.stderr), JSON.stringify(e.stderr));
+        assert.equal(e.stderr.split('\n').length, 2, 'one line');
+        assert.match(e.stderr, /\\x1b\[/);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   it('record into an unwritable path: exit 2 naming the path', function () {
     if (process.geteuid && process.geteuid() !== 0) throw new Error('needs root to open the tracer first: run the suite as root');

@@ -4,7 +4,13 @@
  */
 import { Command, CommanderError } from 'commander';
 import { commands } from './commands/index';
+import { escapeControl } from '../escape';
 import { CliError, EXIT_USAGE } from './errors';
+
+/** An error message as one line: its own line breaks as spaces, control characters escaped. */
+function oneLine(text: string): string {
+  return escapeControl(text.trim().replace(/[ \t]*(?:\r\n|\r|\n)[ \t]*/g, ' '));
+}
 
 export function buildProgram(): Command {
   const program = new Command('kvmfault')
@@ -13,7 +19,8 @@ export function buildProgram(): Command {
     .exitOverride()
     // one-line usage errors: commander prints "error: ..."; we add where to look
     .configureOutput({
-      outputError: (text, write) => write(`kvmfault: ${text.replace(/^error: /, '').trimEnd()} (see --help)\n`),
+      // arguments are echoed in these messages: control characters escaped
+      outputError: (text, write) => write(`kvmfault: ${oneLine(text.replace(/^error: /, ''))} (see --help)\n`),
     });
   for (const register of commands) register(program);
   return program;
@@ -30,10 +37,10 @@ export async function main(argv: string[]): Promise<number> {
       return e.exitCode === 0 ? 0 : EXIT_USAGE;
     }
     if (e instanceof CliError) {
-      process.stderr.write(`kvmfault: ${e.message}\n`);
+      process.stderr.write(`kvmfault: ${oneLine(e.message)}\n`);
       return e.exitCode;
     }
-    process.stderr.write(`kvmfault: ${(e as Error)?.message ?? String(e)}\n`);
+    process.stderr.write(`kvmfault: ${oneLine((e as Error)?.message ?? String(e))}\n`);
     if (process.env.KVMFAULT_DEBUG) process.stderr.write(`${(e as Error)?.stack}\n`);
     return EXIT_USAGE;
   }

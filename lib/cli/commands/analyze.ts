@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import { AnalyzeInputError, analyzeFile, formatReport, reportJson } from '../../analyze';
+import { escapeJsonControl } from '../../escape';
 import { CliError, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE } from '../errors';
 
 function positiveNumber(name: string) {
@@ -38,7 +39,8 @@ export function register(program: Command): void {
         if (e instanceof AnalyzeInputError) throw new CliError(e.message, EXIT_USAGE);
         throw e;
       }
-      process.stdout.write(opts.json ? JSON.stringify(reportJson(report), null, 2) + '\n' : formatReport(report));
+      // JSON.stringify escapes C0 controls; DEL, C1 and bidi overrides from the input are escaped too
+      process.stdout.write(opts.json ? escapeJsonControl(JSON.stringify(reportJson(report), null, 2)) + '\n' : formatReport(report));
       const damaged = (report.capture?.damage.length ?? 0) > 0;
       process.exitCode = report.stuck > 0 ? EXIT_PROBLEM : damaged ? EXIT_USAGE : EXIT_OK;
     });

@@ -9,6 +9,7 @@
  */
 import type { Command } from 'commander';
 import { findRunningVms } from '../../doctor';
+import { escapeControl } from '../../escape';
 import { runWorkload, WorkloadError, WorkloadResult } from '../../workload';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { LiveSession, startSession } from '../lifecycle';
@@ -90,7 +91,7 @@ With no command, kvmfault watches the VMs running on this host, or runs the demo
       const session = startSession({ durationS: vms.length ? undefined : DEFAULT_DURATION_S });
       try {
         if (vms.length > 0) {
-          process.stderr.write(`kvmfault: ${vms.length} VMM process(es) running (${vms.map((v) => `${v.comm} pid ${v.pid}`).join(', ')}): watching them (Ctrl-C stops)\n`);
+          process.stderr.write(`kvmfault: ${vms.length} VMM process(es) running (${vms.map((v) => `${escapeControl(v.comm)} pid ${v.pid}`).join(', ')}): watching them (Ctrl-C stops)\n`);
           process.exitCode = (await runWatch({ mode: 'auto' }, session)).exitCode;
         } else {
           process.stderr.write('kvmfault: no VMs run on this host (no process holds a kvm-vm fd): running the built-in demo instead\n');
