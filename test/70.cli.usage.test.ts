@@ -27,6 +27,10 @@ describe('70 CLI usage: help and bad arguments', function () {
 
   const bad: [string[], RegExp][] = [
     [['trace', '--kind', 'bogus'], /^kvmfault: --kind: unknown record kind "bogus" \(choose from fault, /],
+    [['trace', '--kind', ','], /^kvmfault: --kind needs at least one record kind \(got ","; choose from fault, faultin, faultin_ret, map, fault_ret, invalidate, exit; comma-separated\)\n$/],
+    [['trace', '--kind', ''], /^kvmfault: --kind needs at least one record kind \(got ""; choose from fault, /],
+    [['trace', '--kind', ' , ,'], /^kvmfault: --kind needs at least one record kind/],
+    [['trace', '--kind', 'map,,bogus'], /^kvmfault: --kind: unknown record kind "bogus"/],
     [['trace', '--gpa', 'zz'], /^kvmfault: --gpa must be a guest physical address in hex/],
     [['trace', '-n', '0'], /^kvmfault: --count must be a whole number from 1/],
     [['trace', '--mode', 'magic'], /^kvmfault: --mode must be one of auto, tracepoint, kprobe, fentry \(got "magic"\)/],

@@ -41,10 +41,14 @@ export function gpaPage(text: string): number {
 
 export const KIND_CHOICES = ['fault', 'faultin', 'faultin_ret', 'map', 'fault_ret', 'invalidate', 'exit'];
 
-/** "map,fault" -> a 16-entry lookup table by kind number */
+/** "map,fault" -> a 16-entry lookup table by kind number; an empty list is an error (it would filter out everything) */
 export function kindSet(text: string): Uint8Array {
   const set = new Uint8Array(16);
-  for (const name of text.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean)) {
+  const names = text.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  if (names.length === 0) {
+    throw new CliError(`--kind needs at least one record kind (got "${text}"; choose from ${KIND_CHOICES.join(', ')}; comma-separated)`);
+  }
+  for (const name of names) {
     const k = kindFromName(name);
     if (k === undefined || !KIND_CHOICES.includes(name)) {
       throw new CliError(`--kind: unknown record kind "${name}" (choose from ${KIND_CHOICES.join(', ')}; comma-separated)`);
