@@ -392,14 +392,22 @@ export function isCapture(prefix: Uint8Array): boolean {
 }
 
 /**
- * Opens a capture and validates its header. Throws CaptureError (with the offset) for a file
- * that is not a capture, a newer version, a corrupt header or a record layout this build
- * cannot read.
+ * Opens a capture and validates its header. Throws CaptureError (with the offset) for a path
+ * that cannot be opened or is not a regular file, a file that is not a capture, a newer
+ * version, a corrupt header or a record layout this build cannot read.
  */
 export async function openCapture(path: string): Promise<CaptureReader> {
-  const fh = await fsp.open(path, 'r');
+  let fh;
   try {
-    const size = (await fh.stat()).size;
+    fh = await fsp.open(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new CaptureError(path, 0, `cannot open: ${code ?? (e as Error).message}${code === 'ENOENT' ? ' (no such file)' : code === 'EACCES' ? ' (permission denied)' : ''}`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new CaptureError(path, 0, st.isDirectory() ? 'is a directory, not a capture file' : 'not a regular file, not a capture file');
+    const size = st.size;
     const fixed = new Uint8Array(FIXED_HEADER);
     const { bytesRead } = await fh.read(fixed, 0, FIXED_HEADER, 0);
     if (bytesRead < 8 || !isCapture(fixed)) {

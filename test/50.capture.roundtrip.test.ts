@@ -119,7 +119,9 @@ describe('50 capture: write and read back', () => {
     const file = path.join(dir, 'text.txt');
     writeFileSync(file, 'hello');
     await assert.rejects(openCapture(file), (e: unknown) => e instanceof CaptureError && e.offset === 0 && /not a kvmfault capture/.test(e.message));
-    await assert.rejects(openCapture(path.join(dir, 'nope')), /ENOENT/);
+    await assert.rejects(openCapture(path.join(dir, 'nope')), (e: unknown) => e instanceof CaptureError && /cannot open: ENOENT/.test(e.message));
     assert.ok(readFileSync(file).length === 5);
+    // a directory: a CaptureError saying so (was a raw EISDIR from the first read)
+    await assert.rejects(openCapture(dir), (e: unknown) => e instanceof CaptureError && e.offset === 0 && /is a directory, not a capture file/.test(e.message));
   });
 });
