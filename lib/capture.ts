@@ -100,9 +100,22 @@ function fieldTable(): CaptureField[] {
   return Object.entries(RECORD_OFFSETS).map(([name, offset]) => ({ name, offset, size: RECORD_SIZES[name] }));
 }
 
+/** The largest metadata openCapture accepts (bytes of JSON). */
+export const MAX_META_BYTES = 1 << 20;
+
 function encodeHeader(meta: CaptureMeta): Uint8Array {
   const fields = fieldTable();
-  const metaBytes = Buffer.from(JSON.stringify(meta), 'utf8');
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(meta);
+  } catch (e) {
+    throw new TypeError(`CaptureWriter: the metadata cannot be stored as JSON: ${(e as Error).message}`);
+  }
+  if (typeof json !== 'string' || !json.startsWith('{')) throw new TypeError('CaptureWriter: the metadata must be a JSON object');
+  const metaBytes = Buffer.from(json, 'utf8');
+  if (metaBytes.length > MAX_META_BYTES) {
+    throw new RangeError(`CaptureWriter: the metadata is ${metaBytes.length} bytes of JSON, a capture holds at most ${MAX_META_BYTES}`);
+  }
   const raw = FIXED_HEADER + fields.length * FIELD_ENTRY + metaBytes.length;
   const total = (raw + 7) & ~7;
   const buf = new Uint8Array(total);
@@ -168,10 +181,13 @@ export class CaptureWriter {
       recordVersion: RECORD_VERSION,
       ...options.meta,
     };
+    // encoded before the file is created: metadata that cannot be stored (a BigInt, a cycle,
+    // too big) throws here and leaves no empty file behind
+    const header = encodeHeader(meta);
     const fd = openSync(path, 'w', 0o644);
     const w = new CaptureWriter(path, fd, chunkRecords);
     try {
-      w.writeAll(encodeHeader(meta));
+      w.writeAll(header);
     } catch (e) {
       closeSync(fd);
       throw e;
@@ -424,7 +440,7 @@ export async function openCapture(path: string): Promise<CaptureReader> {
     const headerBytes = dv.getUint32(12, true), recordSize = dv.getUint32(16, true);
     const fieldCount = dv.getUint32(20, true), metaBytes = dv.getUint32(24, true), sum = dv.getUint32(28, true);
     const expectRaw = FIXED_HEADER + fieldCount * FIELD_ENTRY + metaBytes;
-    if (fieldCount > 256 || metaBytes > 1 << 20 || headerBytes !== ((expectRaw + 7) & ~7)) {
+    if (fieldCount > 256 || metaBytes > MAX_META_BYTES || headerBytes !== ((expectRaw + 7) & ~7)) {
       throw new CaptureError(path, 12, `corrupt header: sizes disagree (header ${headerBytes} bytes, ${fieldCount} fields, ${metaBytes} bytes of metadata)`);
     }
     if (headerBytes > size) throw new CaptureError(path, size, `truncated header: needs ${headerBytes} bytes, file has ${size}`);

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { CaptureError, CaptureWriter, openCapture } from '../lib/capture';
+import { CaptureError, CaptureWriter, MAX_META_BYTES, openCapture } from '../lib/capture';
 import { RECORD_SIZE, RecordBatch } from '../lib/record';
 import { StaleFaultDetector } from '../lib/detector';
 import { chunked, interleavedMix, stuckSignExtension } from './helpers/scenarios';
@@ -123,5 +123,24 @@ describe('50 capture: write and read back', () => {
     assert.ok(readFileSync(file).length === 5);
     // a directory: a CaptureError saying so (was a raw EISDIR from the first read)
     await assert.rejects(openCapture(dir), (e: unknown) => e instanceof CaptureError && e.offset === 0 && /is a directory, not a capture file/.test(e.message));
+  });
+
+  it('metadata that cannot be stored throws before the file is created (no empty file left, none truncated)', () => {
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ big: 1n }, /^(TypeError|RangeError): CaptureWriter: the metadata cannot be stored as JSON: .*BigInt/],
+      [{ cyclic }, /^(TypeError|RangeError): CaptureWriter: the metadata cannot be stored as JSON: .*circular/i],
+      [{ note: 'x'.repeat(MAX_META_BYTES) }, /^(TypeError|RangeError): CaptureWriter: the metadata is \d+ bytes of JSON, a capture holds at most 1048576/],
+    ];
+    for (const [meta, message] of cases) {
+      const fresh = path.join(dir, 'bad-meta.kvmf');
+      assert.throws(() => CaptureWriter.create(fresh, { meta }), message);
+      assert.ok(!existsSync(fresh), 'no file created');
+      const existing = path.join(dir, 'keep.kvmf');
+      writeFileSync(existing, 'previous content');
+      assert.throws(() => CaptureWriter.create(existing, { meta }), message);
+      assert.equal(readFileSync(existing, 'utf8'), 'previous content', 'an existing file is not truncated');
+    }
   });
 });
