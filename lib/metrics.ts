@@ -10,6 +10,7 @@
  * Per-vCPU counters are the detector's running totals: a vCPU evicted as idle and seen again
  * starts from 0, which Prometheus' rate() treats as a counter reset.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { StaleFaultDetector } from './detector';
 import type { KernelInfo } from './kernels';
@@ -38,6 +39,34 @@ function perScrape<T>(read: () => T): () => T {
       at = now;
     }
     return value;
+  };
+}
+
+/**
+ * The HTTP handler of the exporter: GET or HEAD on /metrics (or /), any query string ignored
+ * (?x=1 from a scraper or a cache buster); HEAD answers with the headers only. Other paths:
+ * 404; other methods: 405 with Allow.
+ */
+export function metricsRequestListener(registry: Registry): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const url = req.url ?? '/';
+    const end = url.search(/[?#]/);
+    const pathname = end < 0 ? url : url.slice(0, end);
+    if (pathname !== '/metrics' && pathname !== '/') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('kvmfault: see /metrics\n');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, HEAD' }).end('kvmfault: GET or HEAD /metrics\n');
+      return;
+    }
+    registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { 'content-type': registry.contentType, 'content-length': Buffer.byteLength(text) });
+        res.end(req.method === 'HEAD' ? undefined : text);
+      },
+      (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`kvmfault: ${e.message}\n`),
+    );
   };
 }
 

@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import type { Command } from 'commander';
 import { retPfTable, StaleFaultDetector } from '../../detector';
 import { hostKernel } from '../../kernels';
-import { FaultMetrics } from '../../metrics';
+import { FaultMetrics, metricsRequestListener } from '../../metrics';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
 import { openTracerForCli } from '../live';
@@ -43,16 +43,7 @@ Scrape config and alert rules: docs/prometheus.md`)
         const kernel = hostKernel();
         const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf), kernel });
         const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode });
-        const server = http.createServer((req, res) => {
-          if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
-            res.writeHead(404, { 'content-type': 'text/plain' }).end('kvmfault: see /metrics\n');
-            return;
-          }
-          metrics.registry.metrics().then(
-            (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
-            (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`kvmfault: ${e.message}\n`),
-          );
-        });
+        const server = http.createServer(metricsRequestListener(metrics.registry));
         session.onClose(() => server.close());
         await new Promise<void>((resolve, reject) => {
           server.once('error', (e: NodeJS.ErrnoException) => reject(new CliError(
