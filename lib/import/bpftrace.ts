@@ -71,7 +71,7 @@ export interface BpftraceImportOptions {
 
 // Every regex here runs in time linear in the line: HEAD is anchored, its quantified runs are
 // separated by literals, and its tail ([^]*) always matches, so a failed match never retries
-// the whitespace runs before it. Fields are found by scanField (no regex search).
+// the whitespace runs before it. Fields are found by scanFields (no regex search).
 const HEAD = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9})\s+tid\[(\d{1,20})\]\s+pid\[(\d{1,20})\]\s+([A-Z][A-Z_]{0,31})\s+@\s+rip\s+(?:0x)?([0-9a-fA-F]{1,16}|\?)(\?)?(?:\s*\((\d{1,20})\s+hits?\))?\s*,?([^]*)$/;
 /** a field's value at a fixed position (sticky): "-?(0x)?hex", then an optional "(hex)" */
 const FIELD_VALUE = /\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*\))?/y;
@@ -79,6 +79,8 @@ const FIELD_VALUE = /\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*
 export const MAX_LINE_BYTES = 16384;
 const QUOTE = /^\s*(?:>\s?)+/;
 const DAY_NS = 86400e9;
+/** threads whose hit counters are kept; past it the longest-known one is forgotten (memory bound) */
+const MAX_THREADS = 65536;
 const DECIMAL_KEYS = new Set(['ret', 'in-prog', 'count', 'hits', 'tdp_mmu', 'vcpu', 'repeat']);
 const RANGE_GFN = /(?:^|[\s,:])range\s*=\s*gfn\b/;
 const UNKNOWN_RIP = (1n << 64n) - 1n;
@@ -239,7 +241,10 @@ export function looksLikeBpftraceLog(input: string | Uint8Array, maxBytes = DETE
 export interface BpftraceImporter {
   /** the traced host's kernel release, once the text's header said it */
   readonly kernel: string | null;
-  /** the next piece of the log: text, or UTF-8 bytes (pieces may split lines and characters) */
+  /**
+   * The next piece of the log: UTF-8 bytes (pieces may split lines and characters) or text
+   * (pieces may split lines, not a surrogate pair).
+   */
   push(piece: string | Uint8Array): void;
   /** ends the log and returns what was imported */
   end(): BpftraceImport;
@@ -371,6 +376,7 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
     const gap = hits >= 0 ? Math.max(0, hits - before) : 0;
     if (!th) {
       th = { hits: 0, ripLo, ripHi, lastFaultinHits: -1 };
+      if (threads.size >= MAX_THREADS) threads.delete(threads.keys().next().value!);
       threads.set(tid, th);
     } else if (!sameRip) {
       th.ripLo = ripLo;
