@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { hostKernel, KernelInfo } from './kernels';
 import { vmNameFromArgv } from './procinfo';
+import { escapeControl } from './escape';
 import { detectKvmHost } from './workload';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'info';
@@ -177,12 +178,12 @@ export function findRunningVms(options: { root?: string; excludePids?: number[] 
     try {
       for (const tid of fs.readdirSync(path.join(proc, name, 'task'))) {
         const tcomm = (read(path.join(proc, name, 'task', tid, 'comm')) ?? '').trim();
-        if (/^CPU \d+\/KVM$/.test(tcomm)) vcpuThreads.push(`${tid} ${tcomm}`);
+        if (/^CPU \d+\/KVM$/.test(tcomm)) vcpuThreads.push(`${tid} ${tcomm}`); // matched: no control characters
       }
     } catch {
       /* exited meanwhile */
     }
-    vms.push({ pid, comm: (read(path.join(proc, name, 'comm')) ?? '?').trim(), name: vmNameFromArgv(argv), vmFds, vcpus, threads, vcpuThreads });
+    vms.push({ pid, comm: escapeControl((read(path.join(proc, name, 'comm')) ?? '?').trim()), name: vmNameFromArgv(argv), vmFds, vcpus, threads, vcpuThreads });
   }
   return vms;
 }

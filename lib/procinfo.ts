@@ -2,9 +2,11 @@
  * Names a person knows a VM and a vCPU by, read from /proc: the VMM's `-name` (QEMU: `-name
  * web1` or `-name guest=web1,debug-threads=on`, libvirt passes the latter) and the vCPU
  * thread's name (QEMU names them "CPU 0/KVM"). Cached per pid/tid: looked up when a table is
- * drawn, not per record. A pid gone or unreadable gives null, never an error.
+ * drawn, not per record. A pid gone or unreadable gives null, never an error. Both are another
+ * process's text and go to a terminal: control characters come back escaped.
  */
 import { readFileSync } from 'node:fs';
+import { escapeControl } from './escape';
 
 const vmNames = new Map<number, string | null>();
 const threadNames = new Map<number, string | null>();
@@ -18,7 +20,7 @@ export function vmNameFromArgv(argv: readonly string[]): string | null {
     const parts = v.replace(/,,/g, '\0').split(',').map((p) => p.replace(/\0/g, ','));
     const guest = parts.find((p) => p.startsWith('guest='));
     const name = guest ? guest.slice(6) : parts[0].includes('=') ? '' : parts[0];
-    return name || null;
+    return name ? escapeControl(name) : null;
   }
   return null;
 }
@@ -40,7 +42,7 @@ export function threadName(pid: number, tid: number): string | null {
   let n = threadNames.get(tid);
   if (n === undefined) {
     try {
-      n = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() || null;
+      n = escapeControl(readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim()) || null;
     } catch {
       n = null;
     }

@@ -11,6 +11,8 @@ describe('46 VM and vCPU thread names from /proc', () => {
     assert.equal(q('-name', 'debug-threads=on'), null);
     assert.equal(q(), null);
     assert.equal(vmNameFromArgv(['qemu', '-name']), null);
+    // another process's text on our terminal: control characters escaped
+    assert.doesNotMatch(q('-name', 'evil\x1b[2J\x07')!, /[\x00-\x1f]/);
   });
 
   it('this process: no -name; its main thread has a name; a pid that does not exist gives null', () => {

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { formatDuration, retPfTable, StaleFaultDetector, Verdict, VmForecast } from '../detector';
 import { hostKernel } from '../kernels';
 import { threadName, vmName } from '../procinfo';
+import { escapeControl } from '../escape';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
 import { announceMode, humanRate, openTracerForCli } from './live';
@@ -45,7 +46,7 @@ function comm(pid: number): string {
   let c = commCache.get(pid);
   if (c === undefined) {
     try {
-      c = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      c = escapeControl(readFileSync(`/proc/${pid}/comm`, "utf8").trim());
     } catch {
       c = '?';
     }
