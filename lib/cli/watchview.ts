@@ -46,7 +46,7 @@ function comm(pid: number): string {
   let c = commCache.get(pid);
   if (c === undefined) {
     try {
-      c = escapeControl(readFileSync(`/proc/${pid}/comm`, "utf8").trim());
+      c = escapeControl(readFileSync(`/proc/${pid}/comm`, 'utf8').trim());
     } catch {
       c = '?';
     }
