@@ -17,7 +17,9 @@
  *   in_progress > 0 with the hva (or gfn, KF_FLAG_RANGE_GFN) inside [range_start, range_end),
  *   the sequence moved since the previous attempt or since the fault's own snapshot, or the VM
  *   saw INVALIDATE records since the previous attempt.
- * - stuck: attempts >= stuckAttempts AND (elapsed >= stuckNs OR attempts >= stuckAttemptsAlone).
+ * - stuck: attempts >= stuckAttempts AND (elapsed >= stuckNs OR attempts >= stuckAttemptsAlone
+ *   OR the attempts show a signature: the sign-extension bug's, or one invalidation held over
+ *   the address with the sequence standing still).
  *   The second threshold exists because a record can carry history without times: the
  *   incident's logs print a per-RIP hit counter ("(92234 hits)"), i.e. ~92k earlier attempts
  *   whose timestamps were never printed, inside a 0.2 ms excerpt.
@@ -607,11 +609,17 @@ export class StaleFaultDetector {
     this.vmInvAtAttempt[s] = this.vmInv[vm];
     this.seqAtAttempt[s] = this.seqLast[s];
     const a = this.attempts[s];
-    if (a >= this.stuckAttempts && (ts - this.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone)) {
-      this.state[s] = ST_STUCK;
+    if (a >= this.stuckAttempts) {
       const cause = this.causeOf(s);
-      this.cause[s] = cause;
-      if (cause === C_SIGN) this.vmSignature[vm] = 1;
+      // A signature needs no minimum duration: the bug's retries (or one invalidation held over
+      // the address with the sequence standing still) are stuck however short the excerpt is.
+      // Without one, time (or a huge count) must rule out a passing storm.
+      const signature = cause === C_SIGN || (cause === C_INVAL && this.seqChanges[s] === 0);
+      if (signature || ts - this.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone) {
+        this.state[s] = ST_STUCK;
+        this.cause[s] = cause;
+        if (cause === C_SIGN) this.vmSignature[vm] = 1;
+      }
     }
   }
 

@@ -168,4 +168,29 @@ describe('41 evidence order: behaviour, then BTF, then the version', () => {
       assert.equal(verdict.totalAttempts, 10);
     });
   });
+  describe('signatures need no minimum duration (excerpts)', () => {
+    it('1500 attempts with the sign-extension signature within 15 ms: stuck, seq-sign-extension', () => {
+      const { v } = final(stuckSignExtension(1500, 10_000), null);
+      assert.equal(v.state, 'stuck');
+      assert.equal(v.cause, 'seq-sign-extension');
+      assert.ok(v.lastSeen - v.firstSeen < 20e6);
+    });
+
+    it('20000 attempts in 0.2 s with one invalidation held over the address, sequence still: stuck, invalidation-stuck', () => {
+      const b = new TraceBuilder();
+      const v = vcpu(9100, 0);
+      const gpa = 0x2345000, hva = 0x7f0000000000 + gpa;
+      for (let i = 0; i < 20000; i++) b.fault(v, 1e9 + i * 10_000, gpa, { mmuSeq: 0x777, faultSeq: 0x777, inProgress: 1, rangeStart: hva - 4096, rangeEnd: hva + 4096 });
+      const { v: verdict } = final(b.batch(), null);
+      assert.equal(verdict.state, 'stuck');
+      assert.equal(verdict.cause, 'invalidation-stuck');
+    });
+
+    it('no signature (small constant sequence, nothing in progress): 2000 attempts in 0.2 s stay retrying', () => {
+      const b = new TraceBuilder();
+      const v = vcpu(9200, 0);
+      for (let i = 0; i < 2000; i++) b.fault(v, 1e9 + i * 100_000, 0xabc000, { mmuSeq: 0x4724e, faultSeq: 0x4724e, inProgress: 0 });
+      assert.equal(final(b.batch(), null).v.state, 'retrying');
+    });
+  });
 });
