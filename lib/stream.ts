@@ -51,6 +51,8 @@ export interface StreamStats {
   malformed: number;
 }
 
+/** batches resolved in a row before one goes through the event loop (16 x 4096 records: ~20 ms at 3.5M/s) */
+const MAX_IMMEDIATE_BATCHES = 16;
 const DONE: IteratorResult<EventBatch> = Object.freeze({ value: undefined, done: true }) as IteratorResult<EventBatch>;
 
 export class EventStream implements AsyncIterable<EventBatch> {
@@ -66,6 +68,8 @@ export class EventStream implements AsyncIterable<EventBatch> {
   private armed = false;
   private pollCallbackSet = false;
   private timer: NodeJS.Timeout | null = null;
+  /** batches resolved at once in a row, without a trip through the event loop */
+  private immediateRun = 0;
   private resolveWait: ((r: IteratorResult<EventBatch>) => void) | null = null;
   private rejectWait: ((e: Error) => void) | null = null;
   /** Reused for every yield: for-await reads it before asking for the next one. */
@@ -141,7 +145,17 @@ export class EventStream implements AsyncIterable<EventBatch> {
     }
     // Releases the batch handed out last time, then looks for more.
     const batch = this.consumer.pull();
-    if (batch.length > 0) return Promise.resolve(this.deliver(batch.length));
+    if (batch.length > 0) {
+      if (++this.immediateRun < MAX_IMMEDIATE_BATCHES) return Promise.resolve(this.deliver(batch.length));
+      // A ring that never runs dry would otherwise resolve every next() as a microtask and the
+      // event loop would never turn: no timers (--duration), no signal handlers (Ctrl-C), no
+      // I/O. Every so many batches the next one goes out through setImmediate.
+      this.immediateRun = 0;
+      return new Promise<IteratorResult<EventBatch>>((resolve) => {
+        setImmediate(() => resolve(this.ended ? DONE : this.deliver(batch.length)));
+      });
+    }
+    this.immediateRun = 0;
     return new Promise<IteratorResult<EventBatch>>((resolve, reject) => {
       this.resolveWait = resolve;
       this.rejectWait = reject;
