@@ -19,8 +19,10 @@
  *   0x1000 code, 0x2000 PML4, 0x3000 PDPT, 0x4000..0x40000 PDs (2 MiB pages, <= 60 GiB),
  *   0x40000 + 0x1000 * vcpu: PVCS pages, KF_REGION_GPA (64 MiB).. the touched region.
  *
- * Fault accounting per fresh run: one KVM fault per distinct touched page, plus one for the code
- * page in the very first run (page tables are read by KVM itself, not faulted).
+ * Fault accounting per fresh run: one KVM fault per distinct touched page, plus, in the very first
+ * run, one for the code page and, with two-dimensional paging (NPT/EPT), one per guest page-table
+ * page the CPU walks through NPT/EPT (PML4, PDPT, PD: 3 while the memory ends within 1 GiB). Under
+ * shadow paging (PVM) KVM reads the guest's tables itself: only the code page.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
