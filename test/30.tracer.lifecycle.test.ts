@@ -16,13 +16,13 @@ import { requireBpf } from './helpers/host';
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 const bpfMappings = (): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('bpf')).length;
 
-/** A full collection. Without --expose-gc the RSS check would measure garbage: fail, say how to fix. */
-function collect(): void {
+/** global.gc, or a clear failure: without --expose-gc the RSS check would measure garbage. */
+function requireGc(): () => void {
   const gc = global.gc;
   assert.equal(typeof gc, 'function',
     'global.gc is not exposed: run mocha with --expose-gc (.mocharc.json has node-option "expose-gc"; ' +
     'a run with --no-config needs `node --expose-gc node_modules/mocha/bin/mocha.js` or `mocha --node-option expose-gc`)');
-  gc!();
+  return gc as () => void;
 }
 
 async function cycles(n: number): Promise<void> {
@@ -37,6 +37,7 @@ describe('30 tracer lifecycle', function () {
   before(requireBpf);
 
   it('1000 tracer open/close cycles: fds, ring mappings, RSS and BPF links stable', async () => {
+    const collect = requireGc(); // before any work: fails at once without --expose-gc
     const links = kvmLinkIds();
     await cycles(50); // warm-up: the addon, libbpf's caches, V8's code
     collect();
