@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { requireKvm, workloadSetupFaults } from './helpers/host';
+import { bound, requireKvm, workloadSetupFaults } from './helpers/host';
 
 const CLI = path.join(__dirname, '../lib/cli/main.js');
 const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, 'workload', ...args], { encoding: 'utf8' });
 
 describe('60 kvmfault workload (CLI)', function () {
-  this.timeout(30_000);
+  this.timeout(bound(30_000)); // four CLI starts in one test: seconds each under the matrix's emulation
 
   it('--help lists the options with examples', () => {
     const r = cli('--help');
