@@ -16,7 +16,7 @@
  *
  *   node dist/bench/ring.js [--quick] [--repeats N] [--no-record] [--json]
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -187,6 +187,34 @@ function fileSize(p: string): number {
   }
 }
 
+/** Record lines (they start with a digit) and the events bpftrace reported lost in its output. */
+function countBpftraceOutput(text: string): { printed: number; lostEvents: number } {
+  let printed = 0, lostEvents = 0;
+  for (let i = 0; i < text.length;) {
+    const nl = text.indexOf('\n', i);
+    if (nl < 0) break; // a line still being written
+    const c = text.charCodeAt(i);
+    if (c >= 48 && c <= 57) {
+      printed++;
+    } else {
+      const m = /^Lost (\d+) events/.exec(text.slice(i, nl));
+      if (m) lostEvents += Number(m[1]);
+    }
+    i = nl + 1;
+  }
+  return { printed, lostEvents };
+}
+
+/** bpftrace process `pid` has its program attached to raw_syscalls:sys_enter (bpftool perf list). */
+function bpftraceAttached(pid: number): boolean {
+  try {
+    const out = execFileSync('bpftool', ['perf', 'list', '--json'], { encoding: 'utf8' });
+    return (JSON.parse(out || '[]') as { pid: number; tracepoint?: string }[]).some((e) => e.pid === pid && e.tracepoint === 'sys_enter');
+  } catch (e) {
+    throw new BenchError(`bpftool perf list failed (install bpftool; run as root): ${(e as Error).message}`);
+  }
+}
+
 async function bpftraceLive(calls: number, rate: number): Promise<LiveRun> {
   if (!hasCommand('bpftrace')) {
     throw new BenchError('bpftrace is not installed (apt-get install bpftrace): it is the reference consumer of this benchmark');
@@ -202,43 +230,35 @@ async function bpftraceLive(calls: number, rate: number): Promise<LiveRun> {
   bt.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const btExit = new Promise<number | null>((resolve) => bt.on('exit', (code) => resolve(code)));
   try {
-    // attached once it printed "Attaching 1 probe..." (bpftrace's startup takes a second or two)
-    const deadline = Date.now() + 30_000;
-    while (!(fileSize(out) > 0 && readFileSync(out, 'utf8').includes('Attaching'))) {
+    // attached once its program is on sys_enter (bpftrace prints "Attaching 1 probe..." BEFORE it
+    // attaches: a slow machine ran the whole load before bpftrace saw any of it)
+    const deadline = Date.now() + 120_000;
+    while (!bpftraceAttached(bt.pid!)) {
       if (bt.exitCode !== null) throw new BenchError(`bpftrace exited with ${bt.exitCode} before attaching: ${stderr.trim()}`);
-      if (Date.now() > deadline) throw new BenchError(`bpftrace did not attach within 30 s: ${stderr.trim()}`);
+      if (Date.now() > deadline) throw new BenchError(`bpftrace did not attach within 120 s: ${stderr.trim()}`);
       await sleep(50);
     }
     const t0 = Date.now();
     loadgen.go();
     const r = await loadgen.done;
-    // bpftrace is still printing what it read: wait until the file stops growing
+    // bpftrace is still printing what it read: wait until every call is printed or reported lost
+    // (its "Lost N events" lines), or, should some vanish unreported, until the file stops growing
     let size = fileSize(out), tLast = Date.now();
     for (;;) {
+      const { printed, lostEvents } = countBpftraceOutput(readFileSync(out, 'utf8'));
+      if (printed + lostEvents >= r.calls) break;
       await sleep(200);
       const s = fileSize(out);
-      if (s === size) break;
-      size = s;
-      tLast = Date.now();
+      if (s !== size) {
+        size = s;
+        tLast = Date.now();
+      } else if (Date.now() - tLast > 5000) {
+        break;
+      }
     }
     bt.kill('SIGINT');
     await btExit;
-    const text = readFileSync(out, 'utf8');
-    let printed = 0, lostEvents = 0, lastLine = 0;
-    for (let i = 0; i < text.length;) {
-      const nl = text.indexOf('\n', i);
-      const end = nl < 0 ? text.length : nl;
-      const c = text.charCodeAt(i);
-      if (c >= 48 && c <= 57) {
-        printed++;
-        lastLine = i;
-      } else {
-        const m = /^Lost (\d+) events/.exec(text.slice(i, end));
-        if (m) lostEvents += Number(m[1]);
-      }
-      i = end + 1;
-    }
-    void lastLine;
+    const { printed, lostEvents } = countBpftraceOutput(readFileSync(out, 'utf8'));
     const seconds = Math.max(tLast - t0, 1) / 1e3;
     return {
       consumer: 'bpftrace',

@@ -44,10 +44,14 @@ export interface WorkloadOptions {
   seed?: number;
   /** Host-side invalidation of the region's backing: before every run after the first
    *  ('between': one refault per page) or by a host thread while the guest runs ('concurrent':
-   *  faults race mmu_notifier invalidations; a second pass then rewrites every page). */
+   *  faults race mmu_notifier invalidations; a second pass then rewrites every page). The race
+   *  is certain, not left to the scheduler: halfway through its first pass each vCPU waits until
+   *  the host thread has swept its VM's whole region once more, so every run counts
+   *  invalidations made while its guest ran, and (dontneed, remap) loses first-half writes. */
   invalidate?: InvalidateMode;
   invalidateMethod?: InvalidateMethod;
-  /** concurrent: pause between two invalidations of a 2 MiB window (default 100 µs). */
+  /** concurrent: pause between two invalidations of a 2 MiB window (default 100 µs); the
+   *  halfway wait lasts one sweep, (size / 2 MiB) windows. */
   invalidateIntervalUs?: number;
   /** Guest setup: 'auto' (detect, default) or force one. */
   host?: 'auto' | 'pvm' | 'vmx' | 'svm';

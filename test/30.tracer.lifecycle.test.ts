@@ -16,6 +16,15 @@ import { requireBpf } from './helpers/host';
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 const bpfMappings = (): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('bpf')).length;
 
+/** global.gc, or a clear failure: without --expose-gc the RSS check would measure garbage. */
+function requireGc(): () => void {
+  const gc = global.gc;
+  assert.equal(typeof gc, 'function',
+    'global.gc is not exposed: run mocha with --expose-gc (.mocharc.json has node-option "expose-gc"; ' +
+    'a run with --no-config needs `node --expose-gc node_modules/mocha/bin/mocha.js` or `mocha --node-option expose-gc`)');
+  return gc as () => void;
+}
+
 async function cycles(n: number): Promise<void> {
   for (let i = 0; i < n; i++) {
     const tracer = await openTracer({ mode: 'tracepoint', ringBytes: 1 << 16 });
@@ -28,14 +37,15 @@ describe('30 tracer lifecycle', function () {
   before(requireBpf);
 
   it('1000 tracer open/close cycles: fds, ring mappings, RSS and BPF links stable', async () => {
+    const collect = requireGc(); // before any work: fails at once without --expose-gc
     const links = kvmLinkIds();
     await cycles(50); // warm-up: the addon, libbpf's caches, V8's code
-    global.gc?.();
+    collect();
     const fds = openFds();
     const maps = bpfMappings();
     const rss = process.memoryUsage().rss;
     await cycles(1000);
-    global.gc?.();
+    collect();
     assert.equal(openFds(), fds, 'fds leaked by open/close');
     assert.equal(bpfMappings(), maps, 'ring mappings leaked by open/close');
     const grownMiB = (process.memoryUsage().rss - rss) / (1 << 20);

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { requireKvm } from './helpers/host';
+import { bound, requireKvm } from './helpers/host';
 import fs from 'node:fs';
 import os from 'node:os';
-import { cliSync, cliSpawn, waitForStderr } from './70.cli.helpers';
+import { cliSync, startWorkloadChild, waitForStderr } from './70.cli.helpers';
 
 describe('70 CLI doctor', function () {
-  this.timeout(60_000);
+  this.timeout(bound(60_000));
 
   it('doctor --json on this machine: every fact the issue asks for', function () {
     requireKvm(this);
@@ -59,10 +59,11 @@ describe('70 CLI doctor', function () {
 
   it('doctor finds a running VM (the built-in guest) with pid, name and vCPUs', async function () {
     requireKvm(this);
-    const w = cliSpawn(['workload', '--duration', '6', '--rate', '1000', '--vcpus', '2', '--size-mib', '2']);
+    // the guest runs (its VM and vCPU threads exist: it printed its header) until we stop it
+    const { running: w, pid } = await startWorkloadChild(['--duration', '600', '--rate', '1000', '--vcpus', '2', '--size-mib', '2']);
     try {
-      await new Promise((res) => setTimeout(res, 1500));
-      const r = cliSync(['doctor', '--json', '--no-attach']);
+      assert.equal(pid, w.child.pid);
+      const r = cliSync(['doctor', '--json', '--no-attach'], bound(60_000));
       const j = JSON.parse(r.stdout);
       const vm = j.kvm.vms.find((v: { pid: number }) => v.pid === w.child.pid);
       assert.ok(vm, `workload pid ${w.child.pid} not among ${JSON.stringify(j.kvm.vms)}; workload stderr: ${w.stderr()}`);

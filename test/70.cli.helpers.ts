@@ -2,6 +2,7 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { bound } from './helpers/host';
 
 export const CLI = path.join(__dirname, '../lib/cli/main.js');
 
@@ -26,14 +27,34 @@ export function cliSpawn(args: string[]): Running {
   return { child, stdout: () => out, stderr: () => err, exited };
 }
 
-/** Resolves when the child's stderr matches (e.g. the "probes attached" line); fails with its stderr. */
-export async function waitForStderr(r: Running, re: RegExp, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!re.test(r.stderr())) {
+/** Resolves when the child's output matches (e.g. the "probes attached" line); fails with its stderr. */
+async function waitForOutput(r: Running, which: 'stdout' | 'stderr', re: RegExp, timeoutMs: number): Promise<void> {
+  const ms = bound(timeoutMs);
+  const until = Date.now() + ms;
+  while (!re.test(r[which]())) {
     if (r.child.exitCode !== null) throw new Error(`the CLI exited (${r.child.exitCode}) before printing ${re}: ${r.stderr()}`);
-    if (Date.now() > until) throw new Error(`no ${re} on stderr within ${timeoutMs} ms: ${r.stderr()}`);
+    if (Date.now() > until) throw new Error(`no ${re} on ${which} within ${ms} ms: ${r.stderr()}`);
     await new Promise((res) => setTimeout(res, 50));
   }
+}
+
+/** Resolves when the child's stderr matches (e.g. the "probes attached" line); fails with its stderr. */
+export function waitForStderr(r: Running, re: RegExp, timeoutMs = 15_000): Promise<void> {
+  return waitForOutput(r, 'stderr', re, timeoutMs);
+}
+
+/**
+ * Starts the built-in guest as a child (`kvmfault workload`, text output) and resolves once its
+ * VMs and vCPU threads exist (the header line it prints then), with its pid and vCPU tids. The
+ * caller stops it (SIGINT); give it a --duration well beyond the test so it cannot end first.
+ */
+export async function startWorkloadChild(args: string[]): Promise<{ running: Running; pid: number; tids: number[] }> {
+  const running = cliSpawn(['workload', ...args]);
+  await waitForOutput(running, 'stdout', /^pid \d+, vCPU threads .*\n/m, 15_000);
+  const line = /^pid (\d+), vCPU threads (.*)$/m.exec(running.stdout())!;
+  // "vm0 [246 247], vm1 [250 251]"
+  const tids = [...line[2].matchAll(/\[([\d ]*)\]/g)].flatMap((m) => m[1].split(' ').filter(Boolean).map(Number));
+  return { running, pid: Number(line[1]), tids };
 }
 
 /** BPF links attached to KVM tracepoints or functions now (ids). */

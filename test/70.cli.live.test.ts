@@ -4,7 +4,7 @@
  * BPF link and a valid capture, the metrics endpoint parses as Prometheus text.
  */
 import assert from 'node:assert/strict';
-import { requireKvm } from './helpers/host';
+import { bound, requireKvm, waitFor } from './helpers/host';
 import http from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { cliSpawn, cliSync, kvmLinkIds, runWorkloadChild, Running, tmpFile, waitForStderr } from './70.cli.helpers';
@@ -28,7 +28,7 @@ function newLinks(before: Set<number>): Set<number> {
 }
 
 describe('70 CLI live commands on a real guest', function () {
-  this.timeout(90_000);
+  this.timeout(bound(90_000));
   before(function () { requireKvm(this); });
 
   it('trace --json: one map record per KVM fault of the guest; SIGINT exits 130 with no link left', async () => {
@@ -39,7 +39,13 @@ describe('70 CLI live commands on a real guest', function () {
       const ours = newLinks(before);
       assert.ok(ours.size > 0, 'the running trace holds BPF links');
       const w = await runWorkloadChild(['--size-mib', '4', '--runs', '2', '--invalidate', 'between']);
-      await new Promise((res) => setTimeout(res, 300)); // the tail of the ring (10 ms timer)
+      // SIGINT closes the ring at once: first let trace print every record of the guest (the
+      // ring's tail comes with a 10 ms timer); a drop is reported on stderr only at exit, so
+      // this waits for all of them and, if some never come, SIGINT reports how many dropped
+      const lines = (): { pid: number; kind: string; tid: number }[] =>
+        t.stdout().split('\n').filter((l) => l.endsWith('}')).map((l) => JSON.parse(l));
+      await waitFor(() => lines().filter((e) => e.pid === w.pid).length >= w.result.total.faults, 10_000, () => 'records still coming')
+        .catch(() => undefined);
       assert.equal(await interrupt(t), 130, t.stderr());
       linksGone(ours);
       const mine = t.stdout().split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((e) => e.pid === w.pid);
@@ -53,7 +59,9 @@ describe('70 CLI live commands on a real guest', function () {
   });
 
   it('trace text: incident line format; -n stops after N; EPIPE-safe', async () => {
-    const t = cliSpawn(['trace', '-n', '5', '--kind', 'fault,map', '--duration', '20']);
+    // ends at -n 5 (asserted below); the duration only bounds a failure (the guest child takes
+    // seconds to start under the matrix's emulation)
+    const t = cliSpawn(['trace', '-n', '5', '--kind', 'fault,map', '--duration', String(bound(60))]);
     await waitForStderr(t, ATTACHED);
     const w = runWorkloadChild(['--size-mib', '2', '--runs', '1']);
     const { code } = await t.exited;
@@ -84,7 +92,16 @@ describe('70 CLI live commands on a real guest', function () {
       await waitForStderr(watch, ATTACHED);
       const ours = newLinks(before);
       const w = await runWorkloadChild(['--pattern', 'sequential', '--size-mib', '8', '--runs', '2', '--invalidate', 'between']);
-      await new Promise((res) => setTimeout(res, 500));
+      // SIGINT closes the rings at once: first let watch show every fault of the guest mapped
+      // (record, a plain copy to a file, is not slower than watch with its detector)
+      const mappedSeen = (): number => {
+        const snaps = watch.stdout().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+          .filter((l) => l.type === 'snapshot');
+        const last = snaps[snaps.length - 1];
+        return (last?.vcpus ?? []).filter((v: { pid: number }) => v.pid === w.pid).reduce((a: number, v: { mapped: number }) => a + v.mapped, 0);
+      };
+      await waitFor(() => mappedSeen() >= w.result.total.faults, 30_000,
+        () => `watch shows ${mappedSeen()} faults of the guest mapped, KVM counted ${w.result.total.faults}`, 200);
       assert.equal(await interrupt(rec), 130, rec.stderr());
       assert.equal(await interrupt(watch), 130, watch.stderr());
       linksGone(ours);
@@ -114,7 +131,8 @@ describe('70 CLI live commands on a real guest', function () {
 
   it('record --max-bytes and --duration finish the file cleanly', async () => {
     const file = tmpFile('limited.kvmf');
-    const rec = cliSpawn(['record', '-o', file, '--max-bytes', '64K', '--duration', '15']);
+    // ends at --max-bytes (asserted below); the duration only bounds a failure
+    const rec = cliSpawn(['record', '-o', file, '--max-bytes', '64K', '--duration', String(bound(60))]);
     await waitForStderr(rec, ATTACHED);
     const w = runWorkloadChild(['--size-mib', '4', '--runs', '2', '--invalidate', 'between']);
     const { code } = await rec.exited;
@@ -126,19 +144,26 @@ describe('70 CLI live commands on a real guest', function () {
   });
 
   it('metrics: scraped over loopback on an ephemeral port, valid Prometheus text', async () => {
-    const m = cliSpawn(['metrics', '--listen', '127.0.0.1:0', '--duration', '30']);
+    const m = cliSpawn(['metrics', '--listen', '127.0.0.1:0', '--duration', '600']); // stopped by SIGINT below
     try {
       await waitForStderr(m, /serving http:\/\/127\.0\.0\.1:\d+\/metrics/);
       const port = Number(/127\.0\.0\.1:(\d+)/.exec(m.stderr())![1]);
       const w = await runWorkloadChild(['--size-mib', '4', '--runs', '1']);
-      await new Promise((res) => setTimeout(res, 300));
-      const body = await new Promise<{ status: number; type: string; text: string }>((resolve, reject) => {
+      const scrape = () => new Promise<{ status: number; type: string; text: string }>((resolve, reject) => {
         http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
           let text = '';
           res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () =>
             resolve({ status: res.statusCode!, type: String(res.headers['content-type']), text }));
         }).on('error', reject);
       });
+      // scraped until the guest's vCPU shows up with a mapped fault (its records are read by then)
+      let body = await scrape();
+      const guestSeen = (text: string) => new RegExp(`^kvmfault_vcpu_mapped_total\\{[^}]*pid="${w.pid}"[^}]*\\} [1-9]`, 'm').test(text);
+      const until = Date.now() + bound(15_000);
+      while (!guestSeen(body.text) && Date.now() < until) {
+        await new Promise((res) => setTimeout(res, 200));
+        body = await scrape();
+      }
       assert.equal(body.status, 200);
       assert.match(body.type, /^text\/plain; version=0\.0\.4/);
       // Prometheus text format: HELP/TYPE comments and `name{labels} value` samples

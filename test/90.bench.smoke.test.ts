@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { requireKvm } from './helpers/host';
+import { bound, requireKvm, SLOW } from './helpers/host';
 import { runE2eBench } from '../bench/e2e';
 import { runPipelineBench } from '../bench/pipeline';
 import { runProbeCostBench } from '../bench/probe-cost';
@@ -20,7 +20,7 @@ const positive = (x: number, what: string): void => assert.ok(Number.isFinite(x)
 const TINY_WORKLOAD = { pattern: 'sequential', sizeMiB: 4, runs: 2, invalidate: 'between' } as const;
 
 describe('90 bench smoke: every benchmark scenario runs and gives sane numbers', function () {
-  this.timeout(120_000);
+  this.timeout(bound(120_000));
 
   before(() => {
     if (!hasCommand('bpftrace')) {
@@ -29,8 +29,10 @@ describe('90 bench smoke: every benchmark scenario runs and gives sane numbers',
   });
 
   it('ring: live (max, paced) and full-ring drain, JS zero-copy / copy vs C vs bpftrace', async () => {
+    // bpftrace formats every line in user space: under the matrix's emulation (SLOW) it gets 2k calls, not 20k
+    const BT = SLOW > 1 ? 2_000 : 20_000;
     const r = await runRingBench({
-      liveRecords: 100_000, bpftraceRecords: 20_000, repeats: 1, ringBytes: 16 << 20, drainRingBytes: 1 << 20, drainRounds: 1,
+      liveRecords: 100_000, bpftraceRecords: BT, repeats: 1, ringBytes: 16 << 20, drainRingBytes: 1 << 20, drainRounds: 1,
     });
     for (const list of [r.liveMax, r.liveSustainable]) {
       assert.deepEqual(list.map((s) => s.consumer), ['js-zero-copy', 'js-copy', 'c-libbpf', 'bpftrace']);
@@ -46,9 +48,9 @@ describe('90 bench smoke: every benchmark scenario runs and gives sane numbers',
           assert.equal(run.producerCalls, 100_000);
           assert.equal(run.records, 100_000, `${s.consumer} delivered ${run.records} of 100000 (dropped ${run.dropped})`);
         } else {
-          assert.equal(run.producerCalls, 20_000);
+          assert.equal(run.producerCalls, BT);
           assert.ok(run.records > 0, 'bpftrace printed no record lines: it did not really run');
-          assert.equal(run.records + run.lost, 20_000);
+          assert.equal(run.records + run.lost, BT);
         }
       }
     }

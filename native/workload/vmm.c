@@ -19,8 +19,10 @@
  *   0x1000 code, 0x2000 PML4, 0x3000 PDPT, 0x4000..0x40000 PDs (2 MiB pages, <= 60 GiB),
  *   0x40000 + 0x1000 * vcpu: PVCS pages, KF_REGION_GPA (64 MiB).. the touched region.
  *
- * Fault accounting per fresh run: one KVM fault per distinct touched page, plus one for the code
- * page in the very first run (page tables are read by KVM itself, not faulted).
+ * Fault accounting per fresh run: one KVM fault per distinct touched page, plus, in the very first
+ * run, one for the code page and, with two-dimensional paging (NPT/EPT), one per guest page-table
+ * page the CPU walks through NPT/EPT (PML4, PDPT, PD: 3 while the memory ends within 1 GiB). Under
+ * shadow paging (PVM) KVM reads the guest's tables itself: only the code page.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -562,6 +564,48 @@ static void sleep_until(struct kf_workload *w, double t)
 	}
 }
 
+static uint64_t inval_count(const struct kf_vm *vm)
+{
+	return __atomic_load_n(&vm->invalidations, __ATOMIC_ACQUIRE);
+}
+
+/* Invalidation windows per sweep of the region (inval_main's windows tile it). */
+static uint64_t inval_windows(const struct kf_workload *w)
+{
+	uint64_t window = w->region_size < KF_INVAL_WINDOW ? w->region_size : KF_INVAL_WINDOW;
+	return (w->region_size + window - 1) / window;
+}
+
+/* Concurrent invalidation, first pass: the race is not left to the scheduler. Halfway through
+ * its pass (or after its only touch) a vCPU waits until its VM's invalidator has swept the whole
+ * region after this point: one window per step, plus one for a step already under way. So every
+ * run has invalidations while its guest runs, the guest's second half faults on memory being
+ * invalidated, and the writes of its first half have been invalidated (wiped by dontneed/remap)
+ * before the pass ends. Returns 0 to go on, nonzero if the pass must stop (cancel, abort, the
+ * invalidator failed, the deadline). */
+static int wait_for_sweep(struct kf_vcpu *v)
+{
+	struct kf_workload *w = v->w;
+	struct kf_vm *vm = v->vm;
+	uint64_t target = inval_count(vm) + inval_windows(w) + 1;
+	while (inval_count(vm) < target) {
+		if (w->abort_pass || (w->cancel && *w->cancel)) {
+			v->err = KF_ERR_CANCELLED;
+			return 1;
+		}
+		/* the invalidator stopped on an error: first_vcpu_error reports it */
+		if (__atomic_load_n(&vm->inval_err, __ATOMIC_ACQUIRE) || !w->inval_active)
+			return 1;
+		if (w->deadline > 0 && now_s() >= w->deadline) {
+			v->truncated = 1;
+			return 1;
+		}
+		struct timespec ts = { 0, 20 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
 /* One pass of this vCPU's walk: pass_touches touches, in chunks. */
 static void vcpu_pass(struct kf_vcpu *v)
 {
@@ -578,6 +622,9 @@ static void vcpu_pass(struct kf_vcpu *v)
 	double t0 = now_s();
 	v->done = 0;
 	v->truncated = 0;
+	/* see wait_for_sweep: halfway, or after the only touch */
+	int gate = w->o.invalidate == KF_INVAL_CONCURRENT && !w->settle_pass && v->pass_touches > 0;
+	uint64_t gate_at = (v->pass_touches + 1) / 2;
 	while (v->done < v->pass_touches) {
 		if (w->abort_pass || (w->cancel && *w->cancel)) {
 			v->err = KF_ERR_CANCELLED;
@@ -587,9 +634,16 @@ static void vcpu_pass(struct kf_vcpu *v)
 			v->truncated = 1;
 			return;
 		}
+		if (gate && v->done == gate_at) {
+			gate = 0;
+			if (wait_for_sweep(v))
+				return;
+		}
 		uint64_t n = v->pass_touches - v->done;
 		if (n > chunk_max)
 			n = chunk_max;
+		if (gate && n > gate_at - v->done)
+			n = gate_at - v->done;
 		struct kvm_regs regs;
 		memset(&regs, 0, sizeof(regs));
 		regs.rip = KF_CODE_GPA;
@@ -630,6 +684,8 @@ static void vcpu_pass(struct kf_vcpu *v)
 		if (w->o.rate)
 			sleep_until(w, t0 + (double)v->done / (double)w->o.rate);
 	}
+	if (gate && v->done == gate_at)
+		wait_for_sweep(v);
 }
 #endif
 
@@ -693,7 +749,7 @@ static int invalidate_range(struct kf_workload *w, struct kf_vm *vm, uint64_t of
 			return fail(err, err_len, KF_ERR_SYSTEM, "mprotect: %s", strerror(errno));
 		break;
 	}
-	vm->invalidations++;
+	__atomic_add_fetch(&vm->invalidations, 1, __ATOMIC_RELEASE);
 	return KF_OK;
 }
 
@@ -709,12 +765,13 @@ static void *inval_main(void *arg)
 	pthread_sigmask(SIG_SETMASK, &all, NULL);
 	uint64_t window = w->region_size < KF_INVAL_WINDOW ? w->region_size : KF_INVAL_WINDOW;
 	while (w->inval_active && !w->abort_pass) {
-		if (vm->inval_pos + window > w->region_size)
+		/* windows tile the region; the last one may be shorter (it was skipped before) */
+		if (vm->inval_pos >= w->region_size)
 			vm->inval_pos = 0;
 		uint64_t len = w->region_size - vm->inval_pos < window ? w->region_size - vm->inval_pos : window;
 		int rc = invalidate_range(w, vm, vm->inval_pos, len, vm->inval_msg, sizeof(vm->inval_msg));
 		if (rc) {
-			vm->inval_err = rc;
+			__atomic_store_n(&vm->inval_err, rc, __ATOMIC_RELEASE);
 			break;
 		}
 		vm->inval_pos += len;

@@ -9,7 +9,10 @@
  * of `stride` bytes; each vCPU owns an equal slice of slots and its guest writes one byte per
  * touch at a slot chosen by the pattern. All vCPUs of all VMs run each run in lockstep; between
  * runs (or concurrently, from a host thread per VM) the host can invalidate the region's backing
- * so KVM's mmu_notifier zaps the SPTEs and the guest refaults.
+ * so KVM's mmu_notifier zaps the SPTEs and the guest refaults. Concurrently, the race is made
+ * certain, not left to the scheduler: halfway through its first pass each vCPU waits until its
+ * VM's invalidator has swept the whole region once more, so every run has invalidations while
+ * its guest runs and the writes of the first half were invalidated before the pass ended.
  *
  * Lifecycle: kf_workload_create() (opens /dev/kvm, builds VMs, vCPUs and their threads) ->
  * kf_workload_run() (blocking; call it from a worker thread) -> kf_workload_destroy() (always;
@@ -59,7 +62,8 @@ struct kf_workload_opts {
 	uint64_t seed;               /* random/hot: LCG start */
 	int invalidate;              /* enum kf_invalidate */
 	int invalidate_method;       /* enum kf_inval_method */
-	uint32_t invalidate_interval_us; /* concurrent: pause between two invalidations */
+	uint32_t invalidate_interval_us; /* concurrent: pause between two invalidations (a vCPU
+					  * waits halfway for a sweep: region / 2 MiB of them) */
 	int host;                    /* KF_HOST_UNKNOWN = detect; else force this guest setup */
 };
 

@@ -135,6 +135,7 @@ mount -t tracefs tracefs $H/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs $H/sys/kernel/debug 2>/dev/null
 mount -t bpf bpf $H/sys/fs/bpf 2>/dev/null
 mount -t cgroup2 cgroup2 $H/sys/fs/cgroup 2>/dev/null
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null || say "loopback not up: 127.0.0.1 unreachable"
 while read tag dir; do
   mkdir -p "$H$dir" 2>/dev/null  # a share under /tmp needs its path inside the tmpfs
   mount -t 9p -o trans=virtio,version=9p2000.L,rw,cache=none,msize=524288 $tag "$H$dir" || die "mount of $dir"

@@ -7,7 +7,8 @@
 # env:   KVMFAULT_TREE=<dir>      run the tests of another built checkout (default: this repo)
 #        KVMFAULT_KERNEL_GREP=re  only the mocha tests matching re
 #        KVMFAULT_KVM_TESTS=qemu  also run the host suite's tests that need /dev/kvm (every
-#                                 dist/test/*.test.js that calls requireKvm) on the newest line:
+#                                 dist/test/*.test.js that calls requireKvm, and the attach-mode
+#                                 tests, which call traceSupport) on the newest line:
 #                                 scripts/test sets it on a host without /dev/kvm
 # Exit 0: every kernel passed; 1: a test failed, a guest broke, or the matrix could not run
 # (QEMU, busybox-static or the kernel packages missing: scripts/setup installs them; the reason
@@ -47,7 +48,10 @@ cat "$REPO/.cache/fetch-kernels.log" >&2
 # the host suite's tests that need a guest, when this host has no /dev/kvm of its own
 host_kvm_tests=()
 if [ "${KVMFAULT_KVM_TESTS:-}" = qemu ]; then
-  for f in "$TREE"/dist/test/*.test.js; do grep -q 'requireKvm)(this)' "$f" && host_kvm_tests+=("${f#"$TREE"/}"); done
+  # ... and the attach-mode tests (they call traceSupport()): here they meet kprobes and fentry
+  for f in "$TREE"/dist/test/*.test.js; do
+    grep -q -e 'requireKvm)(this)' -e 'traceSupport)()' "$f" && host_kvm_tests+=("${f#"$TREE"/}")
+  done
   [ ${#host_kvm_tests[@]} -gt 0 ] || cannot_run "KVMFAULT_KVM_TESTS=qemu but no test in $TREE/dist/test calls requireKvm"
 fi
 last_line=$(tail -1 <<< "$kernels" | cut -d' ' -f1)
@@ -68,13 +72,15 @@ tests_for() {
 # boot one kernel and run mocha on some test files; $1 label, $2 kernel dir, $3 line, rest: files
 run_on_kernel() {
   local label=$1 kdir=$2 line=$3; shift 3
-  local grep_args=() share=() k0 rc secs
+  local grep_args=() share=() k0 rc secs tmo=1200
+  # the host suite under TCG: ~15-20 min (node alone takes seconds to start there)
+  [[ $label == *-host-suite ]] && tmo=2700
   [ -n "${KVMFAULT_KERNEL_GREP:-}" ] && grep_args=(--grep "$KVMFAULT_KERNEL_GREP")
   echo "=== $label ==="
   k0=$(date +%s)
   # a tree under /tmp would be hidden by the guest's tmpfs on /tmp: share it explicitly
   case "$(realpath "$TREE")" in /tmp/*) share=(-w "$TREE") ;; esac
-  (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t 1200 "${share[@]}" -e "KVMFAULT_KERNEL_LINE=$line" -- \
+  (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t "$tmo" "${share[@]}" -e "KVMFAULT_KERNEL_LINE=$line" -- \
      node --expose-gc node_modules/mocha/bin/mocha.js --no-config --reporter spec --timeout 120000 "${grep_args[@]}" \
      "$@") > "$RESULTS/$label.log" 2>&1
   rc=$?

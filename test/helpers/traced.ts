@@ -1,7 +1,8 @@
 /**
- * The built-in workload run in this process under a live tracer on this pid (tracepoint mode,
- * the one this machine has): every batch goes to onBatch, and it returns once the ring's tail
- * has been read.
+ * The built-in workload run in this process under a live tracer on this pid (tracepoint mode:
+ * the one every host kind has, PVM, VMX and SVM; kprobe and fentry on a real guest are proven by
+ * the kernel matrix, test/kernels): every batch goes to onBatch, and it returns once the ring's
+ * tail has been read.
  */
 import type { EventBatch } from '../../lib/record';
 import { openTracer, TracerOptions } from '../../lib/tracer';
