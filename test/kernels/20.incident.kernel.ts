@@ -35,6 +35,8 @@ const CLI = join(__dirname, '../../lib/cli/main.js');
 /** the guest is given this long: on the bug kernel it hangs at the crossing (~run 17) */
 const WORKLOAD_TIMEOUT_MS = VARIANT === 'bug' ? 60_000 : 150_000;
 const WATCH_MAX_S = 120;
+/** kvmfault trace while the vCPU is stuck: given this long in all */
+const TRACE_MAX_MS = 30_000;
 
 function report(what: string, data: object): void {
   console.log(`@@kernels ${JSON.stringify({ kernel: release(), line: LINE, what, ...data })}`);
@@ -206,10 +208,16 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
     const faultsWhileStuck: Record<string, unknown>[] = [];
     if (!workloadDone && VARIANT === 'bug') {
       // the vCPU hangs now: what do its FAULT records look like (and any others)?
-      // (not --coalesce: in kprobe/fentry mode a steady retry then gave one record in 3 s)
-      const tr = cli(['trace', '--mode', mode, '--json', '--kind', 'fault', '--duration', '2']);
-      await tr.exited;
+      // (not --coalesce: in kprobe/fentry mode a steady retry then gave one record in 3 s).
+      // -n as well as --duration: under a steady stream the trace was seen not to stop on its
+      // duration (nor on SIGTERM) in the busy guest; it is killed after TRACE_MAX_MS anyway
+      const tr = cli(['trace', '--mode', mode, '--json', '--kind', 'fault', '--duration', '2', '-n', '20000']);
+      const t0 = monoNs();
+      const stopped = await Promise.race([tr.exited.then(() => true), sleep(TRACE_MAX_MS).then(() => false)]);
+      const ended = stopped ? { by: 'itself' } : await end(tr, 2000);
       for (const l of tr.lines) faultsWhileStuck.push(l.obj);
+      report('trace-while-stuck', { mode, records: tr.lines.length, seconds: +((monoNs() - t0) / 1e9).toFixed(1), ended: ended.by,
+        stderr: tr.stderr.split('\n').filter(Boolean).slice(-3) });
       // and give the guest a last chance to show it was only slow
       workloadDone = await Promise.race([wl.exited.then(() => true), sleep(2000).then(() => false)]);
     }
