@@ -138,6 +138,8 @@ function cli(args: string[], onLine?: (l: JsonLine) => void): Child {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** a deadline for Promise.race: unref'd, so a race already won does not keep mocha alive */
+const deadline = (ms: number): Promise<false> => new Promise((r) => setTimeout(() => r(false), ms).unref());
 
 async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
@@ -152,7 +154,7 @@ async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
 async function end(c: Child, graceMs = 5000): Promise<{ code: number | null; signal: NodeJS.Signals | null; by: string }> {
   if (c.proc.exitCode !== null || c.proc.signalCode !== null) return { code: c.proc.exitCode, signal: c.proc.signalCode, by: 'itself' };
   c.proc.kill('SIGTERM');
-  const t = await Promise.race([c.exited, sleep(graceMs).then(() => null)]);
+  const t = await Promise.race([c.exited, deadline(graceMs).then(() => null)]);
   if (t) return { code: t.code, signal: t.signal, by: 'SIGTERM' };
   c.proc.kill('SIGKILL');
   const k = await c.exited;
@@ -204,7 +206,7 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
     const w0 = monoNs();
     workload = cli(['workload', '--size-mib', '2', '--runs', String(RUNS), '--invalidate', 'between', '--json']);
     const wl = workload;
-    let workloadDone = await Promise.race([wl.exited.then(() => true), watch.exited.then(() => false), sleep(WORKLOAD_TIMEOUT_MS).then(() => false)]);
+    let workloadDone = await Promise.race([wl.exited.then(() => true), watch.exited.then(() => false), deadline(WORKLOAD_TIMEOUT_MS)]);
     const faultsWhileStuck: Record<string, unknown>[] = [];
     if (!workloadDone && VARIANT === 'bug') {
       // the vCPU hangs now: what do its FAULT records look like (and any others)?
@@ -212,13 +214,13 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
       // a tracer in the busy guest can take longer than that (0 records). Killed after TRACE_MAX_MS
       const tr = cli(['trace', '--mode', mode, '--json', '--kind', 'fault', '-n', '5000']);
       const t0 = monoNs();
-      const stopped = await Promise.race([tr.exited.then(() => true), sleep(TRACE_MAX_MS).then(() => false)]);
+      const stopped = await Promise.race([tr.exited.then(() => true), deadline(TRACE_MAX_MS)]);
       const ended = stopped ? { by: 'itself' } : await end(tr, 2000);
       for (const l of tr.lines) faultsWhileStuck.push(l.obj);
       report('trace-while-stuck', { mode, records: tr.lines.length, seconds: +((monoNs() - t0) / 1e9).toFixed(1), ended: ended.by,
         stderr: tr.stderr.split('\n').filter(Boolean).slice(-3) });
       // and give the guest a last chance to show it was only slow
-      workloadDone = await Promise.race([wl.exited.then(() => true), sleep(2000).then(() => false)]);
+      workloadDone = await Promise.race([wl.exited.then(() => true), deadline(2000)]);
     }
     const workloadExit = workloadDone ? { ...(await wl.exited), by: 'itself' } : await end(wl);
     const workloadMs = (monoNs() - w0) / 1e6;
@@ -226,7 +228,7 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
     let watchExit: Scenario['watchExit'];
     if (watch.proc.exitCode === null && watch.proc.signalCode === null) {
       watch.proc.kill('SIGINT');
-      const t = await Promise.race([watch.exited, sleep(10_000).then(() => null)]);
+      const t = await Promise.race([watch.exited, deadline(10_000).then(() => null)]);
       watchExit = t ? { code: t.code, signal: t.signal, by: 'SIGINT' } : await end(watch);
     } else {
       const t = await watch.exited;
