@@ -1,10 +1,13 @@
 #!/bin/bash
 # fetch.sh - get the Debian kernels of the matrix into the cache, extracted, NOT installed:
 #   apt-get download linux-image-<ver> ; dpkg -x ; unpack the ELF vmlinux for a fast PVH boot.
-# usage: fetch.sh [line...]     lines: 6.1 6.12 (default both) or an exact package version
-#                                such as 6.1.0-56-amd64 / 6.12.117+deb12-amd64
+# usage: fetch.sh [line...]     lines: 6.1 6.12 or an exact package version such as
+#                                6.1.0-56-amd64 / 6.12.117+deb12-amd64, and the incident kernels
+#                                6.1-bug / 6.1-fixed: the 6.1 kernel with its KVM modules rebuilt
+#                                by incident.sh (default: 6.1 6.12 6.1-bug 6.1-fixed)
 # Prints one "<line> <kernel dir>" per kernel on stdout. Cache: $KVMFAULT_KERNEL_CACHE or
-# <repo>/.cache/kernels (git-ignored). Exit 0 ok, 3 = cannot get the kernels (apt, network).
+# <repo>/.cache/kernels (git-ignored). Exit 0 ok, 3 = cannot get the kernels (apt, network),
+# 4/5 = an incident kernel cannot be built (a tool missing / the edit or build failed).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${KVMFAULT_KERNEL_CACHE:-$REPO/.cache/kernels}
@@ -45,9 +48,9 @@ sys.exit(1)
 PY
 }
 
-lines=("$@")
-[ ${#lines[@]} -gt 0 ] || lines=(6.1 6.12)
-for line in "${lines[@]}"; do
+# a stock kernel of one line (or exact version) in the cache; sets $dir
+stock() {
+  local line=$1 pkg vmlinuz kver
   pkg=$(newest "$line")
   if [ -z "$pkg" ]; then
     log "apt knows no linux-image package for the $line line (run apt-get update)"; exit 3
@@ -71,5 +74,21 @@ for line in "${lines[@]}"; do
     fi
     touch "$dir/.complete"
   fi
+}
+
+lines=("$@")
+[ ${#lines[@]} -gt 0 ] || lines=(6.1 6.12 6.1-bug 6.1-fixed)
+for line in "${lines[@]}"; do
+  case $line in
+    *-bug|*-fixed)
+      # an incident kernel: the base line's kernel with kvm.ko/kvm-amd.ko rebuilt (incident.sh)
+      base=${line%-*} variant=${line##*-}
+      stock "$base"
+      rc=0
+      "$REPO/scripts/kernels/incident.sh" "$dir" "$variant" "$dir-$variant" || rc=$?
+      [ $rc = 0 ] || { log "$line: incident.sh failed (exit $rc, the reason is above)"; exit $rc; }
+      dir=$dir-$variant ;;
+    *) stock "$line" ;;
+  esac
   echo "$line $dir"
 done

@@ -3,7 +3,7 @@
 # dist/test/kernels/*.kernel.js) on every kernel of the matrix, each booted under QEMU with nested
 # KVM (kvm + kvm_amd on the emulated AMD CPU), where kprobes and fentry exist.
 #
-# usage: matrix.sh [line...]      lines: 6.1 6.12 (default: both; see fetch.sh)
+# usage: matrix.sh [line...]      lines: 6.1 6.12 6.1-bug 6.1-fixed (default: all; see fetch.sh)
 # env:   KVMFAULT_TREE=<dir>      run the tests of another built checkout (default: this repo)
 #        KVMFAULT_KERNEL_GREP=re  only the mocha tests matching re
 #        KVMFAULT_KVM_TESTS=qemu  also run the host suite's tests that need /dev/kvm (every
@@ -50,7 +50,8 @@ if [ "${KVMFAULT_KVM_TESTS:-}" = qemu ]; then
   for f in "$TREE"/dist/test/*.test.js; do grep -q 'requireKvm)(this)' "$f" && host_kvm_tests+=("${f#"$TREE"/}"); done
   [ ${#host_kvm_tests[@]} -gt 0 ] || cannot_run "KVMFAULT_KVM_TESTS=qemu but no test in $TREE/dist/test calls requireKvm"
 fi
-last_line=$(tail -1 <<< "$kernels" | cut -d' ' -f1)
+# the newest distribution kernel (the incident variants come after it in the default order)
+last_line=$(grep -Ev -- '-(bug|fixed) ' <<< "$kernels" | tail -1 | cut -d' ' -f1)
 
 # the tests of one line: incident variants (6.1-bug, 6.1-fixed) run *.incident.kernel.js, the
 # distribution kernels every other kernel test
