@@ -69,6 +69,9 @@ export interface ProveProgress {
   /** run 2: attempts on the current gpa without progress (detector) and pages mapped past 0x80000000 */
   attempts: number;
   mappedPastSignBit: number;
+  /** the detector's state and cause for the vCPU (null before its first fault) */
+  vcpuState: string | null;
+  cause: string | null;
 }
 
 export interface ProveKnob {
@@ -222,7 +225,6 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
 
   // ---- state shared by the record drain, the workload callbacks and the watchdog --------------
   let phase = 'setup' as ProvePhase;
-  let tids = new Set<number>();
   let seqFirst: number | null = null;
   let seqMax: number | null = null;
   const mappedPast = new Set<number>();
@@ -240,8 +242,10 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
   const mappedRet = new Set([retPf.FIXED, retPf.SPURIOUS]);
 
   const detector = new StaleFaultDetector({ retPf, kernel, stuckNs: stuckSeconds * 1e9, stuckAttempts: 1000 });
-  detector.onVerdict((v) => {
-    if (!tids.has(v.tid) || v.state !== 'stuck' || decided) return;
+  // The tracer sees only this process, which runs only the test VM: every vCPU record is its own.
+  // (Not filtered by the vCPU tids from onStart: that event can reach JS after the ring's records.)
+  const onStuck = (v: Verdict): void => {
+    if (v.state !== 'stuck' || decided) return;
     if (v.cause === 'seq-sign-extension') {
       result.stuck = v;
       decided = {
@@ -254,12 +258,13 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
     } else {
       stuckOther = v;
     }
-  });
+  };
+  detector.onVerdict(onStuck);
 
   const tally = (b: EventBatch): void => {
     for (let i = 0; i < b.length; i++) {
-      if (!tids.has(b.tid(i))) continue;
       const kind = b.kind(i);
+      if (kind === Kind.INVALIDATE_START || kind === Kind.INVALIDATE_END) continue; // the madvise thread
       let seq = b.mmuSeq(i);
       const fseq = b.faultSeq(i);
       if (fseq !== UNKNOWN && fseq >= TWO53) result.seq.signExtended += b.repeat(i);
@@ -287,11 +292,12 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
     const el = burstStart ? ((burstEnd || Date.now()) - burstStart) / 1000 : 0;
     const rate = el > 0 && burstDone > 0 ? burstDone / el : null;
     const total = result.burst.requested;
-    const verdictNow = result.stuck ?? detector.snapshot().find((v) => tids.has(v.tid)) ?? null;
+    const verdictNow = result.stuck ?? detector.snapshot()[0] ?? null;
     return {
       phase, elapsedS: since(),
       burst: { done: burstDone, total, ratePerSec: rate, etaS: rate && burstDone < total ? (total - burstDone) / rate : null },
       seqMax: hex(seqMax), attempts: verdictNow?.attempts ?? 0, mappedPastSignBit: mappedPast.size,
+      vcpuState: verdictNow?.state ?? null, cause: verdictNow?.cause ?? null,
     };
   };
   const report = (): void => {
@@ -305,6 +311,14 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
     phase = p;
     report();
   };
+  // run 2 starts once run 1 is done and the burst counter reached its total (either may be seen first)
+  let run1Done = false;
+  const maybeRun2 = (): void => {
+    if (run1Done && burstDone >= result.burst.requested && phase === 'burst') {
+      burstEnd = Date.now();
+      setPhase('run2');
+    }
+  };
   const onAbort = (): void => {
     result.stopped = 'signal';
     workloadStop.abort();
@@ -314,7 +328,9 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
   const progressTimer = setInterval(report, options.progressMs ?? 1000);
   // run 2 with no mapped fault for too long: stop; the verdict says whether the signature was seen
   const watchdog = setInterval(() => {
-    if (phase !== 'run2' || decided || workloadStop.signal.aborted) return;
+    if (decided || workloadStop.signal.aborted) return;
+    for (const v of detector.snapshot()) onStuck(v); // a verdict change is emitted once: look again
+    if (phase !== 'run2' || decided) return;
     if (Date.now() - Math.max(lastMappedAt, burstEnd) < noProgressMs) return;
     decided = {
       verdict: 'inconclusive',
@@ -355,26 +371,23 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
       invalidate: 'between',
       burst: Math.max(burst, 0),
       signal: workloadStop.signal,
-      onStart: (info) => {
-        tids = new Set(info.tids);
+      onStart: () => {
         restoreKnob(); // the VM exists: other VMs of this host must not start near 0x80000000
       },
       onRun: (r) => {
         if (r.index === 0) {
           run1 = r;
+          run1Done = true;
           burstStart = Date.now();
-          setPhase(burst > 0 ? 'burst' : 'run2');
-          if (burst === 0) burstEnd = Date.now();
+          setPhase('burst');
+          maybeRun2();
         } else {
           run2 = r;
         }
       },
       onBurstProgress: (done) => {
         burstDone = done;
-        if (done >= burst && phase === 'burst') {
-          burstEnd = Date.now();
-          setPhase('run2');
-        }
+        maybeRun2();
       },
     });
   } catch (e) {
@@ -417,7 +430,7 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
   result.seq.max = hex(seqMax);
   result.seq.crossed = seqMax !== null && seqMax >= SIGN_BIT_SEQ;
   result.seq.mappedPastSignBit = mappedPast.size;
-  const stuckNow = detector.snapshot().find((v) => tids.has(v.tid) && v.state === 'stuck');
+  const stuckNow = detector.snapshot().find((v) => v.state === 'stuck');
   if (!result.stuck && stuckNow) result.stuck = stuckNow;
   result.attempts = result.stuck?.attempts ?? 0;
   const lastPhase = phase;
