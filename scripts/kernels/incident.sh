@@ -10,7 +10,7 @@
 # OUT becomes a hard-linked copy of KDIR with the two modules replaced; everything else is the
 # stock Debian kernel. Nothing is installed: linux-source-6.1, linux-headers and linux-kbuild of
 # the kernel's exact Debian version are `apt-get download`ed and `dpkg -x`ed into
-#   $KVMFAULT_KERNEL_CACHE/incident-src/<version>/   (default <repo>/.cache/kernels; ~1 GB)
+#   $KVMFAULT_KERNEL_CACHE/incident-src/<version>/   (default <repo>/.cache/kernels; ~300 MB)
 # and kept, with the pristine KVM sources, so later builds skip the download. OUT carries a stamp
 # (variant, version, hash of this script and the patch script): a second run with nothing
 # changed only checks it. Build log: incident-src/<version>/build-<variant>.log.

@@ -1,0 +1,415 @@
+/**
+ * Incident-kernel tests: run INSIDE a QEMU guest booted by scripts/kernels/matrix.sh on the
+ * lines 6.1-bug and 6.1-fixed (KVMFAULT_KERNEL_LINE says which), i.e. Debian's 6.1 kernel whose
+ * kvm.ko / kvm-amd.ko scripts/kernels/incident.sh rebuilt from Debian's own source:
+ *   6.1-bug    is_page_fault_stale(vcpu, fault, int mmu_seq): the sign-extension bug of the
+ *              "Deadlock due to EPT_VIOLATION" incident, although `uname -r` names a fixed kernel
+ *   6.1-fixed  the same source without that edit
+ * Both have kvm.initial_invalidate_seq: a new VM's mmu_invalidate_seq starts there. Set to
+ * 0x7ffffff0, the built-in workload's 40 runs with an invalidation between runs cross 0x80000000
+ * during run 17 (one invalidation = one increment).
+ *
+ * What is checked is what a user runs: `kvmfault watch --json --fail-on-stuck` (the CLI, a child
+ * process) while `kvmfault workload` runs the guest, per attach mode. Ground truth is the kernel
+ * itself: its BTF (the signature) and whether the guest's runs complete.
+ *
+ * Each test prints `@@kernels {...}` JSON lines with what it measured (matrix.sh collects them).
+ */
+import assert from 'node:assert/strict';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { join } from 'node:path';
+import type { Verdict, VmForecast } from '../../lib/detector';
+import { openTracer, TracerError, TracerMode } from '../../lib/tracer';
+
+const LINE = process.env.KVMFAULT_KERNEL_LINE ?? '';
+const VARIANT = /-bug$/.test(LINE) ? 'bug' : /-fixed$/.test(LINE) ? 'fixed' : null;
+const PARAM = '/sys/module/kvm/parameters/initial_invalidate_seq';
+const START_SEQ = 0x7ffffff0;
+const SIGN_BIT = 0x80000000;
+const RUNS = 40;
+/** the run during which the sequence reaches 0x80000000: invalidation k (after run k) sets START_SEQ + k */
+const CROSSING_RUN = SIGN_BIT - START_SEQ + 1;
+const CLI = join(__dirname, '../../lib/cli/main.js');
+/** the guest is given this long: on the bug kernel it hangs at the crossing (~run 17) */
+const WORKLOAD_TIMEOUT_MS = VARIANT === 'bug' ? 60_000 : 150_000;
+const WATCH_MAX_S = 120;
+/** kvmfault trace while the vCPU is stuck: given this long in all */
+const TRACE_MAX_MS = 60_000;
+
+function report(what: string, data: object): void {
+  console.log(`@@kernels ${JSON.stringify({ kernel: release(), line: LINE, what, ...data })}`);
+}
+
+const hex = (n: number): string => n.toString(16);
+const seqOf = (h: string | null | undefined): number | null => (h === null || h === undefined ? null : parseInt(h, 16));
+const monoNs = (): number => Number(process.hrtime.bigint());  // CLOCK_MONOTONIC = bpf_ktime_get_ns
+
+/** Fails (never skips) when this is not an incident kernel booted by the matrix, saying why. */
+function requireIncidentKernel(): void {
+  if (process.getuid?.() !== 0) throw new Error('incident-kernel tests need root (run them through scripts/kernels/matrix.sh 6.1-bug 6.1-fixed)');
+  if (!VARIANT) {
+    throw new Error(`KVMFAULT_KERNEL_LINE is '${LINE}', not a line ending in -bug or -fixed: run through scripts/kernels/matrix.sh 6.1-bug 6.1-fixed`);
+  }
+  if (!existsSync('/dev/kvm')) throw new Error(`kernel ${release()}: no /dev/kvm (matrix.sh loads kvm + kvm_amd)`);
+  if (!existsSync(PARAM)) {
+    throw new Error(`${PARAM} is missing: this kvm.ko is not one incident.sh built (line ${LINE}, kernel ${release()})`);
+  }
+}
+
+// ---- BTF ----------------------------------------------------------------------------------------
+
+function bpftoolRaw(file: string): string[] {
+  const r = spawnSync('bpftool', ['btf', 'dump', 'file', file, 'format', 'raw'], { encoding: 'utf8', maxBuffer: 512 << 20 });
+  if (r.error || r.status !== 0) throw new Error(`bpftool btf dump file ${file} format raw failed: ${r.error?.message ?? r.stderr}`);
+  return r.stdout.split('\n');
+}
+
+/** is_page_fault_stale's prototype from the kvm module's BTF, via bpftool's raw dump; parameter
+ *  types resolved through the vmlinux base BTF (the module's BTF is split BTF on top of it). */
+function stalenessProto(): { params: { name: string; type: string }[] } {
+  const lines = bpftoolRaw('/sys/kernel/btf/kvm');
+  const fn = lines.map((l) => /^\[(\d+)\] FUNC 'is_page_fault_stale' type_id=(\d+)/.exec(l)).find(Boolean);
+  assert.ok(fn, 'no FUNC is_page_fault_stale in /sys/kernel/btf/kvm (inlined or renamed in this build?)');
+  const protoId = Number(fn[2]);
+  const at = lines.findIndex((l) => l.startsWith(`[${protoId}] FUNC_PROTO `));
+  assert.ok(at >= 0, `FUNC_PROTO [${protoId}] not in the dump`);
+  const vlen = Number(/vlen=(\d+)/.exec(lines[at])![1]);
+  const params = lines.slice(at + 1, at + 1 + vlen).map((l) => {
+    const m = /^\s+'([^']*)' type_id=(\d+)/.exec(l);
+    assert.ok(m, `unexpected parameter line: ${l}`);
+    return { name: m[1], typeId: Number(m[2]) };
+  });
+  const types = new Map<number, { kind: string; name: string; rest: string }>();
+  for (const l of [...bpftoolRaw('/sys/kernel/btf/vmlinux'), ...lines]) {
+    const m = /^\[(\d+)\] (\S+) '([^']*)'(.*)$/.exec(l);
+    if (m) types.set(Number(m[1]), { kind: m[2], name: m[3], rest: m[4] });
+  }
+  const describe = (id: number, depth = 0): string => {
+    const t = types.get(id);
+    if (!t || depth > 8) return `[${id}]`;
+    const next = Number(/type_id=(\d+)/.exec(t.rest)?.[1]);
+    switch (t.kind) {
+      case 'INT': return `${t.name} (${/size=(\d+)/.exec(t.rest)?.[1]} bytes)`;
+      case 'PTR': return `${describe(next, depth + 1)} *`;
+      case 'CONST': case 'VOLATILE': case 'TYPEDEF': return t.kind === 'TYPEDEF' ? t.name : describe(next, depth + 1);
+      default: return `${t.kind.toLowerCase()} ${t.name}`;
+    }
+  };
+  return { params: params.map((p) => ({ name: p.name, type: describe(p.typeId) })) };
+}
+
+// ---- the CLI as a child process -----------------------------------------------------------------
+
+interface JsonLine { at: number; obj: Record<string, unknown> }
+
+interface Child {
+  proc: ChildProcess;
+  lines: JsonLine[];
+  stdout: string[];
+  stderr: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+}
+
+/** Runs `node main.js args`; stdout is kept as JSON lines stamped with their arrival time (mono ns). */
+function cli(args: string[], onLine?: (l: JsonLine) => void): Child {
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const c: Child = { proc, lines: [], stdout: [], stderr: '', exited: null as never };
+  let buf = '';
+  proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const text = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      c.stdout.push(text);
+      if (!text.startsWith('{')) continue;
+      try {
+        const l = { at: monoNs(), obj: JSON.parse(text) as Record<string, unknown> };
+        c.lines.push(l);
+        onLine?.(l);
+      } catch { /* a multi-line JSON document (workload --json): parsed whole at the end */ }
+    }
+  });
+  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { c.stderr += d; });
+  c.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal, at: monoNs() })));
+  return c;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await sleep(50);
+  }
+  return true;
+}
+
+/** Ends a child: SIGTERM, then SIGKILL. Says which one did it. */
+async function end(c: Child, graceMs = 5000): Promise<{ code: number | null; signal: NodeJS.Signals | null; by: string }> {
+  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return { code: c.proc.exitCode, signal: c.proc.signalCode, by: 'itself' };
+  c.proc.kill('SIGTERM');
+  const t = await Promise.race([c.exited, sleep(graceMs).then(() => null)]);
+  if (t) return { code: t.code, signal: t.signal, by: 'SIGTERM' };
+  c.proc.kill('SIGKILL');
+  const k = await c.exited;
+  return { code: k.code, signal: k.signal, by: 'SIGKILL' };
+}
+
+interface WorkloadJson {
+  runs: { index: number; pagesTouched: number; pagesVerified: number; faults: number; retries: number; invalidations: number }[];
+  total: { faults: number; retries: number; invalidations: number; pagesLost: number; vcpu: Record<string, number> };
+  stopped?: boolean;
+  host: string;
+  tids: number[];
+}
+
+interface Scenario {
+  mode: TracerMode;
+  watchExit: { code: number | null; signal: NodeJS.Signals | null; by: string };
+  watchStderr: string;
+  alerts: { at: number; from: string; verdict: Verdict }[];
+  snapshots: { at: number; vms: VmForecast[]; vcpus: Verdict[]; type: string }[];
+  workloadExit: { code: number | null; signal: NodeJS.Signals | null; by: string };
+  workloadMs: number;
+  workload: WorkloadJson | null;
+  workloadStderr: string;
+  /** the stuck alert, when there was one, and when it reached us */
+  stuck: { at: number; verdict: Verdict } | null;
+  /** bug only: FAULT records traced while the vCPU was stuck (kvmfault trace --kind fault) */
+  faultsWhileStuck: Record<string, unknown>[];
+}
+
+/**
+ * One run: the VM's sequence starts at 0x7ffffff0; `watch --fail-on-stuck` is attached first,
+ * then the workload runs. Bug kernel: the watch ends itself on the stuck verdict, the FAULT
+ * records of the stuck vCPU are traced for a few seconds, the hung workload is stopped.
+ * Fixed kernel: the workload completes, the watch is stopped afterwards (SIGINT, exit 130).
+ */
+async function runScenario(mode: TracerMode): Promise<Scenario> {
+  writeFileSync(PARAM, String(START_SEQ));
+  assert.equal(Number(readFileSync(PARAM, 'utf8').trim()), START_SEQ, `${PARAM} did not take ${START_SEQ}`);
+  const seen: { stuck: Scenario['stuck'] } = { stuck: null };
+  const watch = cli(['watch', '--mode', mode, '--json', '--fail-on-stuck', '--interval', '1', '--duration', String(WATCH_MAX_S)], (l) => {
+    const v = l.obj.verdict as Verdict | undefined;
+    if (l.obj.type === 'alert' && v?.state === 'stuck' && !seen.stuck) seen.stuck = { at: l.at, verdict: v };
+  });
+  let workload: Child | null = null;
+  try {
+    const attached = await waitFor(() => /watching in \w+ mode/.test(watch.stderr) || watch.proc.exitCode !== null, 60_000);
+    assert.ok(attached && watch.proc.exitCode === null, `kvmfault watch --mode ${mode} did not start: exit ${watch.proc.exitCode}\n${watch.stderr}`);
+    const w0 = monoNs();
+    workload = cli(['workload', '--size-mib', '2', '--runs', String(RUNS), '--invalidate', 'between', '--json']);
+    const wl = workload;
+    let workloadDone = await Promise.race([wl.exited.then(() => true), watch.exited.then(() => false), sleep(WORKLOAD_TIMEOUT_MS).then(() => false)]);
+    const faultsWhileStuck: Record<string, unknown>[] = [];
+    if (!workloadDone && VARIANT === 'bug') {
+      // the vCPU hangs now: what do its FAULT records look like (and any others)?
+      // a count, not --duration: the duration runs from the start of the command, and opening
+      // a tracer in the busy guest can take longer than that (0 records). Killed after TRACE_MAX_MS
+      const tr = cli(['trace', '--mode', mode, '--json', '--kind', 'fault', '-n', '5000']);
+      const t0 = monoNs();
+      const stopped = await Promise.race([tr.exited.then(() => true), sleep(TRACE_MAX_MS).then(() => false)]);
+      const ended = stopped ? { by: 'itself' } : await end(tr, 2000);
+      for (const l of tr.lines) faultsWhileStuck.push(l.obj);
+      report('trace-while-stuck', { mode, records: tr.lines.length, seconds: +((monoNs() - t0) / 1e9).toFixed(1), ended: ended.by,
+        stderr: tr.stderr.split('\n').filter(Boolean).slice(-3) });
+      // and give the guest a last chance to show it was only slow
+      workloadDone = await Promise.race([wl.exited.then(() => true), sleep(2000).then(() => false)]);
+    }
+    const workloadExit = workloadDone ? { ...(await wl.exited), by: 'itself' } : await end(wl);
+    const workloadMs = (monoNs() - w0) / 1e6;
+    await sleep(1500);  // one more snapshot after the guest ended
+    let watchExit: Scenario['watchExit'];
+    if (watch.proc.exitCode === null && watch.proc.signalCode === null) {
+      watch.proc.kill('SIGINT');
+      const t = await Promise.race([watch.exited, sleep(10_000).then(() => null)]);
+      watchExit = t ? { code: t.code, signal: t.signal, by: 'SIGINT' } : await end(watch);
+    } else {
+      const t = await watch.exited;
+      watchExit = { code: t.code, signal: t.signal, by: 'itself' };
+    }
+    let parsed: WorkloadJson | null = null;
+    try {
+      parsed = JSON.parse(wl.stdout.join('\n')) as WorkloadJson;
+    } catch { /* killed before it printed */ }
+    const alerts = watch.lines.filter((l) => l.obj.type === 'alert')
+      .map((l) => ({ at: l.at, from: String(l.obj.from), verdict: l.obj.verdict as Verdict }));
+    const snapshots = watch.lines.filter((l) => l.obj.type === 'snapshot' || l.obj.type === 'final')
+      .map((l) => ({ at: l.at, type: String(l.obj.type), vms: l.obj.vms as VmForecast[], vcpus: l.obj.vcpus as Verdict[] }));
+    return {
+      mode, watchExit, watchStderr: watch.stderr, alerts, snapshots, workloadExit, workloadMs, workload: parsed,
+      workloadStderr: wl.stderr, stuck: seen.stuck, faultsWhileStuck,
+    };
+  } finally {
+    if (workload) await end(workload, 2000);
+    await end(watch, 2000);
+    writeFileSync(PARAM, '0');
+  }
+}
+
+/** FAULT records grouped by what tells them apart: the stuck gpa's retries vs anything else. */
+const samePage = (gpa: unknown, stuckGpa: string | null): boolean =>
+  typeof gpa === 'number' && stuckGpa !== null && Math.floor(gpa / 4096) === Math.floor(parseInt(stuckGpa, 16) / 4096);
+
+function summarizeFaults(records: Record<string, unknown>[], stuckGpa: string | null): object[] {
+  const groups = new Map<string, { n: number; records: number; example: Record<string, unknown> }>();
+  for (const r of records) {
+    const gpa = typeof r.gpa === 'number' ? hex(r.gpa) : String(r.gpa);
+    const key = JSON.stringify({ onStuckPage: samePage(r.gpa, stuckGpa), gpa, rip: r.rip, vcpu: r.vcpuId, tid: r.tid, flags: r.flags, errorCode: r.errorCode });
+    const g = groups.get(key) ?? { n: 0, records: 0, example: r };
+    g.n += Number(r.repeat ?? 1);
+    g.records++;
+    groups.set(key, g);
+  }
+  return [...groups].sort((a, b) => b[1].n - a[1].n).slice(0, 12)
+    .map(([k, g]) => ({ ...JSON.parse(k), attempts: g.n, records: g.records, example: g.example }));
+}
+
+describe(`incident kernel ${LINE || '(no line)'} on ${release()}`, function () {
+  this.timeout(120_000);
+  before(requireIncidentKernel);
+
+  it(`kvm's BTF shows is_page_fault_stale with ${VARIANT === 'bug' ? '3 parameters (vcpu, fault, int mmu_seq)' : '2 parameters (vcpu, fault)'}`, () => {
+    const p = stalenessProto();
+    report('btf', { function: 'is_page_fault_stale', params: p.params.map((x) => `${x.type} ${x.name}`) });
+    if (VARIANT === 'bug') {
+      assert.deepEqual(p.params.map((x) => x.name), ['vcpu', 'fault', 'mmu_seq']);
+      assert.equal(p.params[2].type, 'int (4 bytes)', `mmu_seq is ${p.params[2].type}, not a 4-byte int`);
+    } else {
+      assert.deepEqual(p.params.map((x) => x.name), ['vcpu', 'fault']);
+    }
+  });
+
+  it(`${PARAM} is writable and new VMs start there`, () => {
+    writeFileSync(PARAM, String(START_SEQ));
+    try {
+      assert.equal(Number(readFileSync(PARAM, 'utf8').trim()), START_SEQ);
+    } finally {
+      writeFileSync(PARAM, '0');
+    }
+  });
+});
+
+for (const mode of ['kprobe', 'fentry', 'tracepoint'] as const) {
+  describe(`incident kernel ${LINE || '(no line)'}: kvmfault watch in ${mode} mode while the sequence crosses 0x80000000`, function () {
+    this.timeout(300_000);
+    let s: Scenario | null = null;
+    let setupError: Error | null = null;
+
+    before(async function () {
+      requireIncidentKernel();
+      // a mode that cannot open on this kernel is not run: say why (the 6.1 matrix line proves the modes)
+      try {
+        (await openTracer({ mode })).close();
+      } catch (e) {
+        const err = e as TracerError;
+        report('mode-unavailable', { mode, code: err.code, message: err.message.split('\n')[0] });
+        this.skip();
+      }
+      try {
+        s = await runScenario(mode);
+        const last = s.snapshots[s.snapshots.length - 1];
+        report('scenario', {
+          mode, variant: VARIANT, watchExit: s.watchExit, workloadExit: s.workloadExit, workloadS: +(s.workloadMs / 1000).toFixed(1),
+          runsCompleted: s.workload?.runs.length ?? null, workloadStopped: s.workload?.stopped ?? null,
+          faults: s.workload?.total.faults ?? null, retries: s.workload?.total.retries ?? null,
+          invalidations: s.workload?.total.invalidations ?? null, pagesLost: s.workload?.total.pagesLost ?? null,
+          alerts: s.alerts.map((a) => `${a.from} -> ${a.verdict.state}${a.verdict.cause ? ` ${a.verdict.cause}/${a.verdict.confidence}` : ''}`),
+          lastVms: last?.vms.map((v) => ({ seq: v.seq, crossed: v.crossed, kernelAffected: v.kernelAffected, warning: v.warning })) ?? null,
+          watchStderr: s.watchStderr.split('\n').filter((l) => l && !/watching in/.test(l)).slice(-5),
+        });
+      } catch (e) {
+        setupError = e as Error;  // every test below fails with it
+      }
+    });
+    function got(): Scenario {
+      if (setupError) throw setupError;
+      return s!;
+    }
+
+    if (VARIANT !== 'fixed') {
+      it('watch --fail-on-stuck exits 1 on a stuck vCPU: cause seq-sign-extension, confidence high, decided by behaviour', () => {
+        const { stuck, watchExit, alerts } = got();
+        assert.ok(stuck, `no stuck alert; alerts: ${JSON.stringify(alerts.map((a) => [a.from, a.verdict.state, a.verdict.explanation]))}`);
+        const v = stuck.verdict as Verdict & { decidedBy?: string };
+        const first = seqOf(v.mmuSeqFirst);
+        report('verdict', {
+          mode, state: v.state, cause: v.cause, confidence: v.confidence, decidedBy: v.decidedBy ?? null,
+          attempts: v.attempts, totalAttempts: v.totalAttempts, mapped: v.mapped, gpa: v.gpa, rip: v.rip,
+          mmuSeqFirst: v.mmuSeqFirst, mmuSeqLast: v.mmuSeqLast, faultSeqFirst: v.faultSeqFirst, faultSeqLast: v.faultSeqLast,
+          seqChanges: v.seqChanges, inProgress: v.inProgress, retryReason: v.retryReason,
+          // trace clock = CLOCK_MONOTONIC: from the first retry of the stuck gpa (right after the
+          // vCPU's last mapped fault, i.e. the crossing) to the alert reaching us
+          secondsFirstRetryToVerdict: +((stuck.at - v.firstSeen) / 1e9).toFixed(3),
+          secondsOfRetriesSeen: +((v.lastSeen - v.firstSeen) / 1e9).toFixed(3),
+          explanation: v.explanation,
+        });
+        assert.equal(watchExit.code, 1, `watch exit ${JSON.stringify(watchExit)} (want 1: --fail-on-stuck)`);
+        assert.equal(v.state, 'stuck');
+        assert.ok(first !== null && first >= SIGN_BIT, `stuck with the sequence at ${v.mmuSeqFirst}, below 0x80000000`);
+        assert.equal(v.mmuSeqFirst, v.mmuSeqLast, 'the sequence moved during the stuck retries');
+        assert.equal(v.cause, 'seq-sign-extension', `cause ${v.cause} (${v.confidence}): ${v.explanation}`);
+        assert.equal(v.confidence, 'high', `confidence ${v.confidence}: ${v.explanation}`);
+        assert.equal(v.decidedBy, 'behaviour', `decidedBy ${v.decidedBy}: ${v.explanation}`);
+      });
+
+      it('the guest hangs at the crossing: the runs before it complete, the run that crosses never does', () => {
+        const { workload, workloadExit, workloadMs } = got();
+        report('hang', { mode, workloadExit, workloadS: +(workloadMs / 1000).toFixed(1), runsCompleted: workload?.runs.length ?? null });
+        assert.notEqual(workloadExit.by, 'itself', `the workload ended by itself (${JSON.stringify(workloadExit)}) on the bug kernel`);
+        if (workload) {
+          // stopped by SIGTERM: it printed the runs that completed
+          assert.equal(workload.stopped, true);
+          assert.ok(workload.runs.length < CROSSING_RUN, `${workload.runs.length} runs completed; run ${CROSSING_RUN} crosses 0x80000000`);
+          assert.ok(workload.runs.length >= CROSSING_RUN - 2, `only ${workload.runs.length} runs completed before the hang`);
+        }
+      });
+
+      it('while stuck, the FAULT records: the stuck gpa retried with one sequence; anything else is listed', () => {
+        const { faultsWhileStuck, stuck } = got();
+        const stuckGpa = stuck?.verdict.gpa ?? null;
+        const groups = summarizeFaults(faultsWhileStuck, stuckGpa);
+        const off = faultsWhileStuck.filter((r) => !samePage(r.gpa, stuckGpa));
+        report('faults-while-stuck', { mode, stuckGpa, records: faultsWhileStuck.length, offPath: off.length, groups });
+        assert.ok(faultsWhileStuck.length > 0, 'no FAULT record traced while the vCPU was stuck');
+      });
+    } else {
+      it('every run completes: 40 runs, every page verified, nothing lost', () => {
+        const { workload, workloadExit, workloadStderr } = got();
+        assert.equal(workloadExit.code, 0, `workload exit ${JSON.stringify(workloadExit)}: ${workloadStderr.slice(-500)}`);
+        assert.ok(workload, 'workload printed no JSON result');
+        assert.equal(workload.runs.length, RUNS);
+        for (const r of workload.runs) assert.equal(r.pagesVerified, r.pagesTouched, `run ${r.index}: ${r.pagesVerified}/${r.pagesTouched} pages verified`);
+        assert.equal(workload.total.pagesLost, 0);
+      });
+
+      it('the VM\'s sequence crossed 0x80000000 (one increment per invalidation)', () => {
+        const { snapshots, workload } = got();
+        const seqs = snapshots.flatMap((x) => x.vms.map((v) => seqOf(v.seq))).filter((x): x is number => x !== null);
+        const max = Math.max(...seqs);
+        report('seq', { mode, first: seqs.length ? hex(seqs[0]) : null, last: seqs.length ? hex(max) : null, invalidations: workload?.total.invalidations ?? null });
+        assert.ok(seqs.length > 0, 'no snapshot carried the VM sequence');
+        assert.ok(max >= SIGN_BIT, `the sequence only reached ${hex(max)}`);
+        if (workload) assert.equal(max, START_SEQ + workload.total.invalidations, 'sequence != start + invalidations');
+      });
+
+      it('no vCPU is ever stuck: no stuck alert, no stuck vCPU in any snapshot, watch stopped by us', () => {
+        const { alerts, snapshots, watchExit } = got();
+        const stuckAlerts = alerts.filter((a) => a.verdict.state === 'stuck');
+        const stuckSnaps = snapshots.filter((x) => x.vcpus.some((v) => v.state === 'stuck'));
+        report('never-stuck', {
+          mode, alerts: alerts.map((a) => `${a.from} -> ${a.verdict.state}`), snapshots: snapshots.length,
+          final: snapshots[snapshots.length - 1]?.vcpus.map((v) => ({ state: v.state, totalAttempts: v.totalAttempts, mapped: v.mapped })),
+        });
+        assert.deepEqual(stuckAlerts.map((a) => a.verdict.explanation), []);
+        assert.equal(stuckSnaps.length, 0, `${stuckSnaps.length} snapshots with a stuck vCPU`);
+        assert.equal(watchExit.by, 'SIGINT', `watch ended ${JSON.stringify(watchExit)} before we stopped it`);
+        assert.equal(watchExit.code, 130);
+      });
+    }
+  });
+}
