@@ -234,6 +234,7 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
   let burstDone = 0;
   let burstStart = 0;
   let burstEnd = 0;
+  let burstPolledAt = 0;
   let run1: WorkloadRun | null = null;
   let run2: WorkloadRun | null = null;
   const workloadStop = new AbortController();
@@ -387,6 +388,7 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
       },
       onBurstProgress: (done) => {
         burstDone = done;
+        burstPolledAt = Date.now();
         maybeRun2();
       },
     });
@@ -422,8 +424,10 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
   if (r2) result.run2 = { pfTaken: r2.vcpu.pf_taken ?? 0, pfFixed: r2.vcpu.pf_fixed ?? 0, completed: true };
   else if (phase === 'run2') result.run2 = { pfTaken: 0, pfFixed: 0, completed: false };
   result.burst.done = r2 ? r2.burst : burstDone;
-  if (burstStart && burstEnd > burstStart) {
-    result.burst.seconds = (burstEnd - burstStart) / 1000;
+  // an interrupted burst: its rate up to the last progress read
+  const burstStop = burstEnd || burstPolledAt;
+  if (burstStart && burstStop > burstStart) {
+    result.burst.seconds = (burstStop - burstStart) / 1000;
     result.burst.ratePerSec = result.burst.done / result.burst.seconds;
   }
   result.seq.first = hex(seqFirst);
