@@ -89,8 +89,9 @@ function human(r: ProveResult): string {
   if (r.run2) lines.push(`  run 2: ${r.run2.completed ? `pf_taken ${r.run2.pfTaken}, pf_fixed ${r.run2.pfFixed}` : 'did not complete (cancelled)'}`);
   if (r.stuck) {
     const s = r.stuck;
-    lines.push(`  stuck vCPU: tid ${s.tid}, gpa 0x${s.gpa}, ${s.attempts} attempts, mmu_seq 0x${s.mmuSeqLast ?? '?'}, ` +
-      `fault seq 0x${s.faultSeqLast ?? '?'}, in progress ${s.inProgress ?? '?'}, cause ${s.cause} (${s.confidence}, ${s.decidedBy})`);
+    const h = (x: string | null) => (x === null ? 'not visible' : `0x${x}`);
+    lines.push(`  stuck vCPU: tid ${s.tid}, gpa ${h(s.gpa)}, ${s.attempts} attempts, mmu_seq ${h(s.mmuSeqLast)}, ` +
+      `fault seq ${h(s.faultSeqLast)}, in progress ${s.inProgress ?? 'not visible'}, cause ${s.cause} (${s.confidence}, ${s.decidedBy})`);
   }
   if (r.tracer) lines.push(`  tracer: ${r.tracer.mode} mode, ${r.tracer.submitted} records, ${r.tracer.dropped} lost`);
   lines.push(`  BTF/version table (not used for the verdict): ${r.kernelJudgement.affected === null ? 'cannot tell' : r.kernelJudgement.affected ? 'affected' : 'not affected'} (${r.kernelJudgement.decidedBy ?? 'no evidence'})`);
