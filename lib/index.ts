@@ -14,3 +14,4 @@ export * from './tracer';
 export * from './format';
 export * from './doctor';
 export * from './metrics';
+export * from './prove';

@@ -55,6 +55,13 @@ export interface WorkloadOptions {
   invalidateIntervalUs?: number;
   /** Guest setup: 'auto' (detect, default) or force one. */
   host?: 'auto' | 'pvm' | 'vmx' | 'svm';
+  /** Before run 2 (after run 1, before the 'between' invalidation): this many single-page
+   *  madvise(MADV_DONTNEED) calls on the region's first page, one mmu_notifier invalidation
+   *  (one mmu_invalidate_seq increment) each. Needs runs >= 2. Default 0 (none). */
+  burst?: number;
+  /** Called while the burst runs (every `burstProgressMs`, default 250) with the calls done. */
+  onBurstProgress?: (done: number, total: number) => void;
+  burstProgressMs?: number;
   signal?: AbortSignal;
   /** Called once the vCPU threads exist, before the first run (tids are final). */
   onStart?: (info: WorkloadInfo) => void;
@@ -111,6 +118,8 @@ export interface WorkloadRun {
   invalidations: number;
   /** KVM_RUN -EFAULT retried while a concurrent mprotect had the region read-only. */
   efaultRetries: number;
+  /** Burst calls (options.burst) made before this run: run 2 only. Not in `invalidations`. */
+  burst: number;
   /** KVM's pf_taken delta, all vCPUs: every fault KVM handled, retried ones included. */
   faults: number;
   /** pf_taken - pf_fixed - pf_spurious - pf_emulate: faults KVM abandoned and the guest retried
@@ -158,6 +167,8 @@ export interface NormalizedWorkloadOptions {
   invalidateMethod: InvalidateMethod;
   invalidateIntervalUs: number;
   host: 'auto' | 'pvm' | 'vmx' | 'svm';
+  burst: number;
+  burstProgressMs: number;
 }
 
 /** A workload failure; `code` says which: KVM_UNAVAILABLE, KVM_PERMISSION, UNSUPPORTED_HOST,
@@ -241,7 +252,9 @@ export function normalizeWorkloadOptions(options: WorkloadOptions = {}): Normali
   if (o.signal !== undefined && (o.signal === null || typeof (o.signal as AbortSignal).addEventListener !== 'function')) {
     throw new TypeError('options.signal must be an AbortSignal');
   }
-  for (const cb of ['onStart', 'onRun'] as const) {
+  const burst = integer('burst', o.burst, 0, Number.MAX_SAFE_INTEGER, 0);
+  if (burst > 0 && runs === 1) throw new RangeError('options.burst comes before run 2: it needs options.runs >= 2');
+  for (const cb of ['onStart', 'onRun', 'onBurstProgress'] as const) {
     if (o[cb] !== undefined && typeof o[cb] !== 'function') throw new TypeError(`options.${cb} must be a function`);
   }
   return {
@@ -260,6 +273,8 @@ export function normalizeWorkloadOptions(options: WorkloadOptions = {}): Normali
     invalidateMethod,
     invalidateIntervalUs: integer('invalidateIntervalUs', o.invalidateIntervalUs, 0, 10_000_000, 100),
     host: oneOf('host', o.host, HOSTS, 'auto'),
+    burst,
+    burstProgressMs: integer('burstProgressMs', o.burstProgressMs, 10, 60_000, 250),
   };
 }
 
@@ -292,6 +307,7 @@ interface RawRun {
   slotsLost: number;
   invalidations: number;
   efaultRetries: number;
+  burst?: number;
   vm: Float64Array;
   vcpu: Float64Array;
 }
@@ -354,6 +370,7 @@ function toRun(raw: RawRun, info: RawInfo, o: NormalizedWorkloadOptions): Worklo
     pagesLost: raw.slotsLost,
     invalidations: raw.invalidations,
     efaultRetries: raw.efaultRetries,
+    burst: raw.burst ?? 0,
     faults,
     retries,
     faultsPerSec: raw.durationS > 0 ? faults / raw.durationS : 0,
@@ -438,6 +455,7 @@ export async function runWorkload(options: WorkloadOptions = {}): Promise<Worklo
     invalidateMethod: { dontneed: c.INVAL_DONTNEED, remap: c.INVAL_REMAP, mprotect: c.INVAL_MPROTECT }[o.invalidateMethod],
     invalidateIntervalUs: o.invalidateIntervalUs,
     host: HOST_CODES[o.host],
+    burst: o.burst,
   };
   let rawInfo: RawInfo | undefined;
   const handle = w.run(nativeOptions, (type: string, payload: unknown) => {
@@ -450,6 +468,16 @@ export async function runWorkload(options: WorkloadOptions = {}): Promise<Worklo
   });
   const onAbort = () => handle.cancel();
   signal?.addEventListener('abort', onAbort, { once: true });
+  // the burst's progress: an atomic counter in the addon, polled (the VMM thread never calls JS for it)
+  let lastBurst = 0;
+  const pollBurst = (): void => {
+    const done = handle.burstDone();
+    if (done !== lastBurst) {
+      lastBurst = done;
+      options.onBurstProgress?.(done, o.burst);
+    }
+  };
+  const burstTimer = o.burst > 0 && options.onBurstProgress ? setInterval(pollBurst, o.burstProgressMs) : null;
   try {
     return toResult(await handle.promise, o);
   } catch (e) {
@@ -459,6 +487,10 @@ export async function runWorkload(options: WorkloadOptions = {}): Promise<Worklo
     if (typeof err.code === 'string') throw new WorkloadError(err.message, err.code, partial);
     throw e; // a listener's own exception, unchanged
   } finally {
+    if (burstTimer) {
+      clearInterval(burstTimer);
+      pollBurst();
+    }
     signal?.removeEventListener('abort', onAbort);
   }
 }

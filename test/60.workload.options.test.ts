@@ -34,6 +34,9 @@ describe('60 workload options', () => {
     ['fewer slots than vCPUs', { sizeBytes: 8192, vcpus: 3 }, RangeError, 'the region has 2 touch slots (size / stride) but options.vcpus is 3: each vCPU needs at least one'],
     ['signal', { signal: {} }, TypeError, 'options.signal must be an AbortSignal'],
     ['onRun', { onRun: 1 }, TypeError, 'options.onRun must be a function'],
+    ['burst with one run', { burst: 10 }, RangeError, 'options.burst comes before run 2: it needs options.runs >= 2'],
+    ['burst negative', { runs: 2, burst: -1 }, RangeError, `options.burst must be an integer from 0 to ${Number.MAX_SAFE_INTEGER} (got -1)`],
+    ['onBurstProgress', { runs: 2, burst: 1, onBurstProgress: 'x' }, TypeError, 'options.onBurstProgress must be a function'],
   ];
   for (const [what, options, type, message] of bad) {
     it(`rejects ${what} with ${type.name}: ${message}`, async () => {

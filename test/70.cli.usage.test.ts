@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cliSync } from './70.cli.helpers';
 
-const COMMANDS = ['doctor', 'trace', 'watch', 'record', 'metrics', 'demo'];
+const COMMANDS = ['doctor', 'trace', 'watch', 'record', 'metrics', 'demo', 'prove'];
 
 describe('70 CLI usage: help and bad arguments', function () {
   this.timeout(60_000);
@@ -40,6 +40,9 @@ describe('70 CLI usage: help and bad arguments', function () {
     [['record', '-o', '/tmp/x.kvmf', '--max-bytes', '12Q'], /^kvmfault: --max-bytes must be a size like/],
     [['metrics', '--listen', 'nope'], /^kvmfault: --listen must be host:port/],
     [['demo', '--duration', 'x'], /^kvmfault: --duration must be a positive number of seconds \(got "x"\)/],
+    [['prove', '--knob-start', '0x1ffffffff'], /^kvmfault: --knob-start must be a sequence value from 0 to 0xffffffff/],
+    [['prove', '--max-invalidations', 'lots'], /^kvmfault: --max-invalidations must be a whole number, e.g. 1000000 or 2G \(got "lots"\)/],
+    [['prove', '--give-up', '0'], /^kvmfault: --give-up must be a positive number of seconds \(got "0"\)/],
     [['doctor', '--bogus'], /^kvmfault: unknown option '--bogus'/],
     [['bogus'], /^kvmfault: unknown command "bogus"/],
   ];

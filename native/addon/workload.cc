@@ -4,6 +4,7 @@
 //   native().workload.run(options, onEvent)   -> { promise, cancel() }
 //     onEvent('start', info) once the vCPU threads are up (tids known: a tracer can filter now),
 //     onEvent('run', rawRun) after each run; promise -> { ...info, runs: rawRun[] }.
+//     burstDone() -> calls of the burst before run 2 made so far (options.burst), any time.
 //
 // The whole VMM lives on a libuv worker thread (AsyncProgressQueueWorker), so the event loop, and
 // a live tracer draining its ring in this process, keep running while the guest faults. The VMM
@@ -53,6 +54,7 @@ struct Msg {
 
 struct CancelFlag {
   volatile int value = 0;
+  uint64_t burst_done = 0;  // vmm.c stores it with __atomic; read the same way
 };
 
 class WorkloadWorker : public Napi::AsyncProgressQueueWorker<Msg> {
@@ -215,6 +217,7 @@ class WorkloadWorker : public Napi::AsyncProgressQueueWorker<Msg> {
     o.Set("slotsLost", (double)r.head.slots_lost);
     o.Set("invalidations", (double)r.head.invalidations);
     o.Set("efaultRetries", (double)r.head.efault_retries);
+    o.Set("burst", (double)r.head.burst);
     o.Set("vm", Numbers(env, r.vm));
     o.Set("vcpu", Numbers(env, r.vcpu));
     return o;
@@ -271,10 +274,12 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   opts.invalidate_method = (int)NumberOr(o, "invalidateMethod", KF_INVAL_DONTNEED);
   opts.invalidate_interval_us = (uint32_t)NumberOr(o, "invalidateIntervalUs", 0);
   opts.host = (int)NumberOr(o, "host", KF_HOST_UNKNOWN);
+  opts.burst = (uint64_t)NumberOr(o, "burst", 0);
 
   Napi::Function on_event;
   if (info.Length() > 1 && info[1].IsFunction()) on_event = info[1].As<Napi::Function>();
   auto cancel = std::make_shared<CancelFlag>();
+  opts.burst_done = &cancel->burst_done;  // lives as long as the worker's and the handle's refs
   auto* worker = new WorkloadWorker(env, opts, on_event, cancel);
   Napi::Object handle = Napi::Object::New(env);
   handle.Set("promise", worker->Promise());
@@ -282,6 +287,10 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
                cancel->value = 1;
                return ci.Env().Undefined();
              }, "cancel"));
+  // burst progress (calls done), readable while the workload runs
+  handle.Set("burstDone", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& ci) {
+               return Napi::Number::New(ci.Env(), (double)__atomic_load_n(&cancel->burst_done, __ATOMIC_RELAXED));
+             }, "burstDone"));
   worker->Queue();
   return handle;
 }

@@ -754,6 +754,31 @@ static int invalidate_range(struct kf_workload *w, struct kf_vm *vm, uint64_t of
 }
 
 
+/* The burst before run 2 (opts.burst): one-page MADV_DONTNEED calls on the region's first page
+ * of every VM, each one mmu_notifier invalidation. Polls the cancel flag and publishes progress
+ * every KF_BURST_STEP calls. Kept apart from the invalidate modes above. */
+#define KF_BURST_STEP 4096
+static int burst(struct kf_workload *w, char *err, size_t err_len)
+{
+	uint64_t done = 0;
+	while (done < w->o.burst) {
+		if (w->cancel && *w->cancel)
+			return fail(err, err_len, KF_ERR_CANCELLED, "workload cancelled");
+		uint64_t n = w->o.burst - done < KF_BURST_STEP ? w->o.burst - done : KF_BURST_STEP;
+		for (uint32_t i = 0; i < w->o.vms; i++) {
+			uint8_t *p = w->vms[i].mem + KF_REGION_GPA;
+			for (uint64_t k = 0; k < n; k++)
+				if (madvise(p, 4096, MADV_DONTNEED))
+					return fail(err, err_len, KF_ERR_SYSTEM, "burst madvise(MADV_DONTNEED): %s",
+						    strerror(errno));
+		}
+		done += n;
+		if (w->o.burst_done)
+			__atomic_store_n(w->o.burst_done, done, __ATOMIC_RELAXED);
+	}
+	return KF_OK;
+}
+
 /* Concurrent mode: one thread per VM sweeps the region in KF_INVAL_WINDOW steps while the
  * vCPUs touch it, so faults race mmu_notifier invalidations (KVM retries the stale ones). */
 static void *inval_main(void *arg)
@@ -1137,6 +1162,13 @@ int kf_workload_run(struct kf_workload *w, kf_run_cb cb, void *ctx, const volati
 		uint64_t inval0 = 0;
 		for (uint32_t i = 0; i < w->o.vms; i++)
 			inval0 += w->vms[i].invalidations;
+		if (r == 1 && w->o.burst) {
+			if ((rc = burst(w, err, len))) {
+				free(run->vm_delta), free(run->vcpu_delta), free(run);
+				return rc;
+			}
+			run->burst = w->o.burst;
+		}
 		if (r > 0 && w->o.invalidate == KF_INVAL_BETWEEN)
 			for (uint32_t i = 0; i < w->o.vms && !rc; i++)
 				rc = invalidate_range(w, &w->vms[i], 0, w->region_size, err, len);

@@ -65,6 +65,13 @@ struct kf_workload_opts {
 	uint32_t invalidate_interval_us; /* concurrent: pause between two invalidations (a vCPU
 					  * waits halfway for a sweep: region / 2 MiB of them) */
 	int host;                    /* KF_HOST_UNKNOWN = detect; else force this guest setup */
+	/* Burst before run 2 (index 1), after run 1 and before the 'between' invalidation: this many
+	 * single-page madvise(MADV_DONTNEED) calls on the region's first page, one mmu_notifier
+	 * invalidation (one mmu_invalidate_seq increment) each. Cancellable; 0 = none. */
+	uint64_t burst;
+	/* Optional: the burst's progress (calls done), stored atomically (__atomic, relaxed) every
+	 * KF_BURST_STEP calls and at the end; owned by the caller, read from any thread. */
+	uint64_t *burst_done;
 };
 
 #define KF_MAX_VCPUS 32
@@ -87,6 +94,7 @@ struct kf_run {
 	uint64_t slots_lost;         /* concurrent: written in pass 1 but wiped by an invalidation */
 	uint64_t invalidations;      /* madvise/remap/mprotect calls on the region in this run */
 	uint64_t efault_retries;     /* KVM_RUN -EFAULT while a remap/mprotect left a hole (retried) */
+	uint64_t burst;              /* opts.burst calls made before this run (run 2 only), not in invalidations */
 	uint64_t *vm_delta;          /* [vms][n_vm_stats] */
 	uint64_t *vcpu_delta;        /* [vms * vcpus][n_vcpu_stats], vCPU j of VM i at i * vcpus + j */
 };

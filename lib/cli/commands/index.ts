@@ -7,6 +7,7 @@ import { register as record } from './record';
 import { register as watch } from './watch';
 import { register as demo } from './demo';
 import { register as metrics } from './metrics';
+import { register as prove } from './prove';
 
 /** A CLI command module: registers itself on the root program. One file per command. */
 export type Register = (program: Command) => void;
@@ -21,4 +22,5 @@ export const commands: Register[] = [
   watch,
   demo,
   metrics,
+  prove,
 ];
