@@ -174,6 +174,9 @@ t1=$(date +%s.%N)
 rc=$(tr -d '\r' < "$WORK/console" | sed -n 's/^@@KVMFAULT_RC=\([0-9]*\)$/\1/p' | tail -1)
 if [ $VERBOSE = 1 ] || [ -z "$rc" ] || [ "$rc" = 125 ]; then
   echo "----- guest console -----" >&2
+  # a guest oops: its first lines (what faulted and where) scroll out of the tail; show them too
+  tr -d '\r' < "$WORK/console" | grep -m1 -A40 -E 'BUG:|Oops|general protection|Kernel panic|watchdog: BUG' >&2 &&
+    echo "----- (last lines) -----" >&2
   tr -d '\r' < "$WORK/console" | grep -v '^@@KVMFAULT_RC' | tail -60 >&2
   [ -s "$WORK/qemu.err" ] && { echo "----- qemu stderr -----" >&2; cat "$WORK/qemu.err" >&2; }
 fi
