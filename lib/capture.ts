@@ -586,12 +586,14 @@ export class CaptureReader {
     /** Copies the slot at `pos` into the accumulator if its hash verifies. */
     const accept = (pos: number): boolean => {
       const a = win.at(pos);
-      acc.set(win.buf.subarray(a, a + RECORD_SIZE), accN * RECORD_SIZE);
+      win.buf.copy(acc, accN * RECORD_SIZE, a, a + RECORD_SIZE);
       if (hashRecordWords(accWords, (accN * RECORD_SIZE) >>> 2) !== u32le(win.buf, a + RECORD_SIZE)) return false;
       accN++;
       return true;
     };
     const hdr = new Uint8Array(12);
+    let scratch = new Uint8Array(0);
+    let scratchWords = new Uint32Array(0);
     let E = this.header.headerBytes; // where the next chunk should start
     {
       // the first chunk: right after the header, unless bytes of the metadata went missing or
@@ -670,10 +672,34 @@ export class CaptureReader {
       const slots = isRecords ? count : salvageMax;
       let ok = 0, bad = 0, firstBad = -1, next = -1, truncatedAt = -1;
       let from = E + 1; // where a sync word inside the chunk may start
-      for (let k = 0; k < slots; k++) {
+      let k0 = 0;
+      if (isRecords && (await win.ensure(E, CHUNK_HEADER + count * SLOT + SYNC_BYTES)) >= CHUNK_HEADER + count * SLOT) {
+        // fast path: the whole chunk at hand, copied once to aligned memory and checked slot by
+        // slot; the first slot that does not verify goes to the careful loop below
+        if (scratch.byteLength < count * SLOT) {
+          scratch = new Uint8Array(count * SLOT);
+          scratchWords = new Uint32Array(scratch.buffer);
+        }
+        const a0 = win.at(E + CHUNK_HEADER);
+        scratch.set(win.buf.subarray(a0, a0 + count * SLOT));
+        for (; k0 < count; k0++) {
+          const w = k0 * (SLOT >>> 2);
+          if (hashRecordWords(scratchWords, w) !== scratchWords[w + (RECORD_SIZE >>> 2)]) break;
+          const d = accN * (RECORD_SIZE >>> 2);
+          for (let j = 0; j < RECORD_SIZE >>> 2; j++) accWords[d + j] = scratchWords[w + j];
+          accN++;
+          ok++;
+          if (accN === accMax) yield take();
+        }
+        if (k0 > 0) from = E + CHUNK_HEADER + k0 * SLOT;
+      }
+      for (let k = k0; k < slots; k++) {
         const s = E + CHUNK_HEADER + k * SLOT;
-        win.discard(Math.min(from, s));
-        const got = await win.ensure(s, SLOT + SYNC_BYTES - 1);
+        let got = SLOT + SYNC_BYTES - 1;
+        if (s + got > win.start + win.buf.length) {
+          win.discard(Math.min(from, s));
+          got = await win.ensure(s, got);
+        }
         if (got >= SLOT && accept(s)) {
           ok++;
           from = s + SLOT;
