@@ -635,8 +635,10 @@ export class CaptureReader {
         const got = await win.ensure(E + CHUNK_HEADER, END_BODY);
         const body = win.buf.subarray(win.at(E + CHUNK_HEADER), win.at(E + CHUNK_HEADER) + got);
         if (accN > 0) yield take();
-        this.complete = true;
-        if (got === END_BODY && hashBytes(body.subarray(0, 12), SEED_END) === u32le(body, 12)) {
+        this.complete = got === END_BODY;
+        if (got < END_BODY) {
+          this.damage.push({ offset: E + CHUNK_HEADER + got, what: 'truncated: the file ends inside the end chunk (every record before it was read)', recordsLost: null });
+        } else if (hashBytes(body.subarray(0, 12), SEED_END) === u32le(body, 12)) {
           const written = u32le(body, 0) + u32le(body, 4) * 0x100000000, chunks = u32le(body, 8);
           this.recordsWritten = written;
           if (seq !== chunks) this.damage.push({ offset: E, what: `corrupt: the end chunk's sequence number ${seq} disagrees with its count of ${chunks} chunks`, recordsLost: null });

@@ -3,7 +3,7 @@
  * (F4-F8) and a bounded fuzz run (bench/capture-fuzz.ts runs a million cases of the same).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { analyzeFile } from '../lib/analyze';
@@ -87,6 +87,11 @@ describe('50 capture v2: damage costs little and never becomes evidence', () => 
     assert.equal(r2.stuck, 0);
     assert.equal(r2.records, n - 1, 'the damaged record is dropped, not handed to the detector');
     assert.ok(r2.vcpus.every((v) => v.attempts < 1000));
+    // the CLI: damage with nothing stuck is exit 2, never 1; the intact file is 0
+    const cli = (f: string): number | null => spawnSync(process.execPath, [path.join(__dirname, '../lib/cli/main.js'), 'analyze', f], { stdio: 'ignore' }).status;
+    assert.equal(cli(del), 2);
+    assert.equal(cli(rep), 2);
+    assert.equal(cli(good), 0);
   });
 
   it('F5: records lost in the middle of a run are a gap the detector counts no attempts across', async () => {

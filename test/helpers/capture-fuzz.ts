@@ -147,8 +147,11 @@ export async function runCase(cap: FuzzCapture, muts: Mutation[], control = fals
     reader = await openCaptureBytes(bytes, 'fuzz');
   } catch (e) {
     if (!(e instanceof CaptureError)) return { outcome: `exception from openCapture: ${(e as Error).stack}`, records: 0, stuck: 0, damage: 0 };
-    const headerHit = muts.some((m) => m.at < cap.tableBytes || (m.op === 'truncate' && m.at < cap.headerBytes));
-    return { outcome: headerHit ? 'refused' : `refused although the table blocks are intact: ${e.message}`, records: 0, stuck: 0, damage: 0 };
+    // refusing is right only when both table blocks (the field table and its copy) were hit
+    const block = cap.tableBytes / 2;
+    const hit1 = muts.some((m) => touches(m, 0, block)), hit2 = muts.some((m) => touches(m, block, 2 * block));
+    const legit = (hit1 && hit2) || muts.some((m) => m.op === 'truncate' && m.at < block);
+    return { outcome: legit ? 'refused' : `refused although a table block is intact: ${e.message} (mutations ${JSON.stringify(muts)})`, records: 0, stuck: 0, damage: 0 };
   }
   const stuckTids = new Set<number>();
   const detector = new StaleFaultDetector({ ...FUZZ_DETECTOR, onVerdict: (v) => { if (v.state === 'stuck') stuckTids.add(v.tid); } });
@@ -185,6 +188,11 @@ export async function runCase(cap: FuzzCapture, muts: Mutation[], control = fals
   if (stuckTids.size > 0 && !control) return { outcome: `false stuck verdict(s) from damage: ${stuckTids.size}`, records: n, stuck: stuckTids.size, damage: reader.damage.length };
   const changed = muts.length > 0;
   if (changed && reader.damage.length === 0 && n !== cap.records) return { outcome: `records lost without a damage report (${n} of ${cap.records})`, records: n, stuck: stuckTids.size, damage: 0 };
+  const size = cap.bytes.byteLength;
+  if (muts.some((m) => m.op === 'truncate') && reader.complete !== false) return { outcome: `a truncated file read as complete (${JSON.stringify(muts)})`, records: n, stuck: stuckTids.size, damage: reader.damage.length };
+  if (!muts.some((m) => touches(m, size - 48, size)) && reader.complete !== true) {
+    return { outcome: `an intact end chunk not found (${JSON.stringify(muts)})`, records: n, stuck: stuckTids.size, damage: reader.damage.length };
+  }
   for (const c of cap.chunks) {
     if (muts.some((m) => touches(m, c.start, c.end))) continue;
     for (let i = c.first; i < c.first + c.count; i++) {
