@@ -949,8 +949,16 @@ async function openSource(path: string, src: ByteSource): Promise<CaptureReader>
     const m = Buffer.from(head.buffer, head.byteOffset, head.byteLength);
     for (let i = m.indexOf(MAGIC_BYTES, 1); i >= 0; i = m.indexOf(MAGIC_BYTES, i + 1)) {
       const c = parseBlockV2(head, i);
+      if (!c) continue;
+      if (i <= 64) {
+        // the first block itself, a few bytes on: bytes were added before it
+        block = c;
+        copyAt = i + c.blockBytes;
+        damage.push({ offset: 0, what: `corrupt: ${i} unexpected byte(s) before the header`, recordsLost: 0 });
+        break;
+      }
       // the copy follows the first block, a few bytes off if bytes of that went missing or were added
-      if (c && Math.abs(c.blockBytes - i) <= 64) {
+      if (Math.abs(c.blockBytes - i) <= 64) {
         block = c;
         copyAt = i;
         damage.push({ offset: 0, what: `corrupt: the header's first table block is damaged; read its copy at ${i}`, recordsLost: 0 });

@@ -222,7 +222,8 @@ describe('50 capture v2: damage costs little and never becomes evidence', () => 
       const w = CaptureWriter.create(${JSON.stringify(killed)}, { flushMs: 1000 });
       let i = 0;
       setInterval(() => {
-        const rec = src.subarray(hb + 32 + i * ${SLOT}, hb + 32 + i * ${SLOT} + ${RECORD_SIZE});
+        const at = hb + Math.floor(i / ${CHUNK}) * (32 + ${CHUNK * SLOT}) + 32 + (i % ${CHUNK}) * ${SLOT};
+        const rec = src.subarray(at, at + ${RECORD_SIZE});
         w.write(RecordBatch.fromPacked(new Uint8Array(rec), 1));
         process.stdout.write((++i) + '\\n');
       }, 20);`;
@@ -268,6 +269,10 @@ describe('50 capture v2: damage costs little and never becomes evidence', () => 
     const rep = await analyzeFile(edit('f8-magic.kvmfcap', (b) => { b[0] = 0x58; }));
     assert.equal(rep.format, 'capture');
     assert.equal(rep.records, n);
+    // bytes before the header, and the copy damaged: the first block is found where it is
+    const pre = await readAll(edit('f8-prefix.kvmfcap', (b) => { b[496 + 100] ^= 1; return Buffer.concat([Buffer.from([0x5a, 0x5b]), b]); }), 'report');
+    assert.deepEqual(pre.bytes, records);
+    assert.match(pre.reader.damage[0].what, /2 unexpected byte\(s\) before the header/);
     // both blocks damaged: refused with a clear error
     await assert.rejects(openCapture(edit('f8-both.kvmfcap', (b) => { b[100] ^= 1; b[496 + 100] ^= 1; })), /both copies of the field table are damaged/);
   });
