@@ -3,7 +3,7 @@
  * The format is detected from the content (the capture magic, else the log's line shape).
  */
 import { createReadStream, promises as fsp } from 'node:fs';
-import { CaptureDamage, CaptureError, CaptureMeta, isCapture, openCapture } from './capture';
+import { CaptureDamage, CaptureError, CaptureMeta, CaptureReader, isCapture, openCapture } from './capture';
 import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
 import { createBpftraceImporter, DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
 import { escapeControl } from './escape';
@@ -41,7 +41,9 @@ export interface AnalysisReport {
   progressing: number;
   detector: DetectorStats;
   importer: { lines: number; records: number; ignored: number; skipped: number; skippedLines: SkippedLine[]; kvmfaultText: boolean } | null;
-  capture: { meta: CaptureMeta; damage: CaptureDamage[] } | null;
+  /** version: the capture format; complete: the end chunk was read (version 2; null for version 1, which has none);
+   *  gaps: places where records were lost (the detector counts no attempts across one) */
+  capture: { meta: CaptureMeta; damage: CaptureDamage[]; version: number; complete: boolean | null; gaps: number; metaIntact: boolean } | null;
 }
 
 /** Thrown for input that cannot be analysed at all (missing file, unknown format, bad header). */
@@ -60,6 +62,26 @@ function retPfFor(kernel: KernelInfo | null): RetPfTable {
   return { ...RET_PF_6_1 };
 }
 
+/**
+ * Pushes every record of a capture into the detector and returns how many there were. Only
+ * verified records come out of the reader; where it lost some, the detector is told
+ * (discontinuity()), so no run of attempts is counted across the gap: a stuck verdict rests on
+ * records seen without a gap between them, never on damage. Damage ends up in reader.damage.
+ */
+export async function feedCapture(reader: CaptureReader, detector: StaleFaultDetector): Promise<number> {
+  let records = 0;
+  let gaps = reader.gaps;
+  for await (const batch of reader.batches({ onDamage: 'report' })) {
+    if (reader.gaps !== gaps) {
+      gaps = reader.gaps;
+      detector.discontinuity();
+    }
+    records += batch.length;
+    detector.push(batch);
+  }
+  return records;
+}
+
 export async function analyzeFile(path: string, options: AnalyzeOptions = {}): Promise<AnalysisReport> {
   let stat;
   try {
@@ -68,9 +90,10 @@ export async function analyzeFile(path: string, options: AnalyzeOptions = {}): P
     throw new AnalyzeInputError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   if (!stat.isFile()) throw new AnalyzeInputError(`${path} is not a regular file`);
-  const prefix = new Uint8Array(8);
+  // 4 KB: a capture whose first header block is damaged is still known by the copy after it
+  const prefix = new Uint8Array(Math.min(4096, stat.size));
   const fh = await fsp.open(path, 'r');
-  await fh.read(prefix, 0, 8, 0).finally(() => fh.close());
+  await fh.read(prefix, 0, prefix.length, 0).finally(() => fh.close());
 
   let kernel: KernelInfo | null = options.kernel ? judgeKernel(options.kernel, options.procVersion) : null;
   let kernelSource: AnalysisReport['kernelSource'] = kernel ? 'option' : 'none';
@@ -109,11 +132,8 @@ export async function analyzeFile(path: string, options: AnalyzeOptions = {}): P
       ? (meta.retPf as unknown as RetPfTable)
       : retPfFor(kernel);
     detector = makeDetector(retPf);
-    for await (const batch of reader.batches({ onDamage: 'report' })) {
-      records += batch.length;
-      detector.push(batch);
-    }
-    capture = { meta, damage: reader.damage };
+    records = await feedCapture(reader, detector);
+    capture = { meta, damage: reader.damage, version: reader.header.version, complete: reader.complete, gaps: reader.gaps, metaIntact: reader.header.metaIntact };
   } else {
     // detection on the first DETECT_BYTES, then the whole file streamed line by line: memory
     // stays bounded whatever the file's size (one string of it failed past ~512 MiB)
@@ -194,9 +214,11 @@ export function formatReport(r: AnalysisReport): string {
     for (const s of r.importer.skippedLines) out.push(`  line ${s.line}: ${s.reason}: ${s.text}`);
   }
   if (r.capture && r.capture.damage.length > 0) {
-    out.push(`capture damage (${r.capture.damage.length}); everything readable was analysed:`);
-    for (const d of r.capture.damage) out.push(`  at byte offset ${d.offset}: ${d.what}`);
+    const c = r.capture;
+    out.push(`capture damage (${c.damage.length}); every record that verified was analysed${c.gaps > 0 ? `, no attempts counted across the ${c.gaps} gap(s)` : ''}:`);
+    for (const d of c.damage) out.push(`  at byte offset ${d.offset}: ${d.what}`);
   }
+  if (r.capture && r.capture.version === 1) out.push('capture format version 1: it has no end marker, so a file cut short at a chunk boundary cannot be told from a complete one');
   out.push('');
   out.push(`vCPUs: ${r.stuck} stuck, ${r.retrying} retrying, ${r.progressing} progressing`);
   for (const v of r.vcpus) {

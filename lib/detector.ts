@@ -571,7 +571,7 @@ export class StaleFaultDetector {
       return;
     }
     const rep = this.repeatOf(batch, i);
-    if (this.state[s] === ST_STUCK && gpa !== this.gpa[s] && (bits & 2) === 0) {
+    if (this.state[s] === ST_STUCK && gpa !== this.gpa[s] && (bits & (2 | 16)) === 0) {
       // Only a mapped fault frees a stuck vCPU. An entry with another gpa while stuck is not
       // the guest moving on (it cannot, its fault never completes) but a walk for something
       // else: the instruction emulator, a kick, teardown. It is kept apart from the attempts.
@@ -580,8 +580,9 @@ export class StaleFaultDetector {
     }
     this.bits[s] = kind === Kind.FAULT ? bits | 4 : bits & ~4;
     this.totalAttempts[s] += rep;
-    if (gpa !== this.gpa[s] || (bits & 2) !== 0) {
-      // progress: a new gpa, or the previous attempt on this one ended mapped
+    if (gpa !== this.gpa[s] || (bits & (2 | 16)) !== 0) {
+      // progress: a new gpa, or the previous attempt on this one ended mapped (or, bit 16, records
+      // were lost since it: the attempts start counting afresh, see discontinuity())
       this.gpa[s] = gpa;
       this.attempts[s] = rep;
       this.offPath[s] = 0;
@@ -596,7 +597,7 @@ export class StaleFaultDetector {
       this.obsKnown[s] = 0;
       this.obsStale[s] = 0;
       this.obsNotStale[s] = 0;
-      this.bits[s] &= ~(2 | 8);
+      this.bits[s] &= ~(2 | 8 | 16);
       this.hva[s] = UNKNOWN;
       this.observe(s, vm, batch, i, true);
       this.state[s] = ST_PROGRESSING;
@@ -1029,6 +1030,17 @@ export class StaleFaultDetector {
     if (!k || k.affected !== false) return k?.affected === true ? `; kernel ${k.release} is affected (${k.decidedBy ?? 'version'} agrees)` : '';
     return `; the ${k.decidedBy === 'btf' ? "kernel's BTF" : 'version table'} says ${k.release} is not affected, ` +
       'but the records outrank it: a backported bug, a rebuilt kvm module or a gap in the table';
+  }
+
+  /**
+   * Records were lost here (a damaged capture: the reader dropped records it could not verify).
+   * No run of attempts is counted across the gap: each vCPU's next attempt starts a new count,
+   * so a stuck verdict always rests on attempts seen without a gap between them, never on what
+   * the missing records would have shown (a MAP that freed the vCPU, a different gpa). Verdicts
+   * already reached stay until the vCPU's next attempt.
+   */
+  discontinuity(): void {
+    for (let s = 0; s < this.capacity; s++) if (this.used[s]) this.bits[s] = (this.bits[s] & ~4) | 16;
   }
 
   /** Current verdict of every tracked vCPU (allocates; call on demand, not per record). */

@@ -52,6 +52,14 @@ describe('50 capture: write and read back', () => {
     assert.equal(reader.header.recordSize, RECORD_SIZE);
     assert.ok(reader.header.fields.some((f) => f.name === 'in_progress' && f.offset === 88 && f.size === 8));
     assert.deepEqual(reader.damage, []);
+    assert.equal(reader.complete, true);
+    assert.equal(reader.header.version, 2);
+  });
+
+  it('metadata JSON cannot hold is refused before the file is created', () => {
+    const file = path.join(dir, 'bad-meta.kvmfcap');
+    assert.throws(() => CaptureWriter.create(file, { meta: { big: 1n } as never }), /the metadata cannot be stored as JSON/);
+    assert.throws(() => statSync(file), /ENOENT/);
   });
 
   it('the detector gives the same verdicts from the capture as from memory', async () => {

@@ -1,7 +1,8 @@
 /**
  * kvmfault record -o FILE: live records into a capture file (lib/capture.ts), replayed by
  * `kvmfault analyze FILE`. Ctrl-C, SIGTERM, --duration and --max-bytes all finish the file
- * (last chunk written, fsync'd, closed).
+ * (last chunk and the end chunk written, fsync'd, closed); records reach the file within a second
+ * even when they trickle in, and a killed recorder leaves a file that analyze reads as incomplete.
  * Exit: 0 finished (also after a signal: 130/143), 2 cannot trace or cannot write the file.
  */
 import { readFileSync } from 'node:fs';
@@ -26,8 +27,10 @@ interface Flags {
   quiet?: boolean;
 }
 
-const CHUNK_RECORDS = 8192;
-const CHUNK_HEADER = 16;
+/** records per chunk: what one inserted or deleted byte in the file can cost */
+const CHUNK_RECORDS = 256;
+/** records reach the file at most this long after the tracer handed them over */
+const FLUSH_MS = 1000;
 
 /** The first `n` records of a batch, copied (only at the very end of a size-limited capture). */
 function firstRecords(batch: EventBatch, n: number): RecordBatch {
@@ -71,6 +74,7 @@ terminal, and printed once at the end otherwise.`)
         try {
           writer = CaptureWriter.create(opts.output, {
             chunkRecords: CHUNK_RECORDS,
+            flushMs: FLUSH_MS,
             meta: {
               hostKernel: hostKernel().release,
               procVersion,
@@ -89,9 +93,6 @@ terminal, and printed once at the end otherwise.`)
         }
         session.onClose(() => writer.close());
         if (!opts.quiet) announceMode(tracer, `recording to ${opts.output}`);
-        const headerBytes = writer.bytesWritten;
-        // exact file size after n records: header + records + one header per (partial) chunk
-        const sizeAfter = (n: number): number => headerBytes + n * RECORD_SIZE + Math.ceil(n / CHUNK_RECORDS) * CHUNK_HEADER;
         const maxBytes = opts.maxBytes ?? Infinity;
         const started = Date.now();
         let last = { t: started, records: 0 };
@@ -99,18 +100,19 @@ terminal, and printed once at the end otherwise.`)
           const now = Date.now();
           const rate = ((writer.records - last.records) * 1000) / Math.max(1, now - last.t);
           last = { t: now, records: writer.records };
-          return `${opts.output}: ${writer.records} records, ${humanBytes(sizeAfter(writer.records))}, ${humanRate(rate)}, ${tracer.stats().dropped} dropped`;
+          return `${opts.output}: ${writer.records} records, ${humanBytes(writer.sizeAfter(0))}, ${humanRate(rate)}, ${tracer.stats().dropped} dropped`;
         };
         if (!opts.quiet && status.enabled) timer = setInterval(() => status.update(progress()), 500);
 
         for await (const batch of tracer.events({ signal: session.signal })) {
-          if (sizeAfter(writer.records + batch.length) <= maxBytes) {
+          // the file's size once these records and the end chunk are written
+          if (writer.sizeAfter(batch.length) <= maxBytes) {
             writer.write(batch);
             continue;
           }
           // the last records that fit, then stop
           let fit = batch.length;
-          while (fit > 0 && sizeAfter(writer.records + fit) > maxBytes) fit--;
+          while (fit > 0 && writer.sizeAfter(fit) > maxBytes) fit--;
           if (fit > 0) writer.write(firstRecords(batch, fit));
           session.stop('limit');
           break;
