@@ -307,7 +307,10 @@ describe(`incident kernel ${LINE || '(no line)'} on ${release()}`, function () {
   });
 });
 
-for (const mode of ['kprobe', 'fentry', 'tracepoint'] as const) {
+// kprobe last: on the bug kernel under QEMU TCG, a vCPU left stuck after a kprobe-mode run twice
+// did not leave KVM_RUN when killed (a 480 s+ soft lockup of its CPU; once a NULL-RIP oops in
+// direct_page_fault under its kretprobe): whatever runs after it in the same boot then fails.
+for (const mode of ['tracepoint', 'fentry', 'kprobe'] as const) {
   describe(`incident kernel ${LINE || '(no line)'}: kvmfault watch in ${mode} mode while the sequence crosses 0x80000000`, function () {
     this.timeout(300_000);
     let s: Scenario | null = null;
