@@ -289,7 +289,13 @@ function finishReport(f: Finish): AnalysisReport {
     if (f.evidence) out.evidenceLines = f.evidence.get(v.tid) ?? null;
     if (f.pseudoGpa && v.gpa === PSEUDO_GPA_HEX) {
       out.gpa = null;
+      out.explanation = out.explanation.split(`gpa ${PSEUDO_GPA_HEX}`).join('its one fault').split(PSEUDO_GPA_HEX).join('?');
       out.explanation += ' (the log prints no gpa: its lines for this vCPU are taken as one fault)';
+    }
+    if (v.state === 'retrying' && v.retryReason === 'unexplained' && !f.hasSeq) {
+      out.explanation += ` This excerpt shows ${v.attempts} attempt(s) over ${((v.lastSeen - v.firstSeen) / 1e9).toFixed(6)} s and no invalidation state: ` +
+        'stuck needs more attempts over a longer time (--stuck-attempts, --stuck-seconds), or a signature only the invalidation state shows. ' +
+        'A longer trace, two snapshots of the VM\'s pf_taken / pf_fixed counters, or a `kvmfault record` capture would tell.';
     }
     if (v.state === 'stuck' && v.cause === 'unknown' && !f.hasSeq) {
       out.explanation += ' The log shows no MMU invalidation state (sequence, in-progress count, range): to tell the cause, ' +
@@ -374,7 +380,7 @@ export function formatReport(r: AnalysisReport): string {
     for (const vm of r.vms) {
       const rate = vm.ratePerSec === null ? 'rate unknown' : `${vm.ratePerSec.toFixed(1)}/s (${vm.rateSource})`;
       const left = vm.secondsToSignBit === null ? '' : vm.crossed ? ', crossed' : `, ${formatDuration(vm.secondsToSignBit)} left`;
-      out.push(`  vm ${vm.vmId} pid ${vm.pid}: ${vm.vcpus} vCPU(s), ${rate}${left}; ${vm.warning}`);
+      out.push(`  vm ${r.hasPid ? `${vm.vmId} pid ${vm.pid}` : '? (the log names no VMM pid: all its threads together)'}: ${vm.vcpus} vCPU(s), ${rate}${left}; ${vm.warning}`);
     }
   }
   if (r.counterVms.length > 0) {

@@ -102,15 +102,16 @@ export function bpftraceV2Format() {
     },
     take(e: Entry, first: number, last: number, ctx: ImportContext): void {
       const w = ctx.writer;
-      let tid: number, repeat: number, r: number;
+      let tid: number, repeat: number, ts = -1, pid = -1;
       if (e.t === 'stuck') {
-        let ts = e.ts + dayOffset;
+        ts = e.ts + dayOffset;
         if (lastTs >= 0 && ts < lastTs - DAY_NS / 2) {
           dayOffset += DAY_NS;
           ts += DAY_NS;
         }
         if (ts > lastTs) lastTs = ts;
         tid = e.tid;
+        pid = e.pid;
         const prev = hitsOf.get(tid);
         const before = prev && prev.rip === e.rip ? prev.hits : 0;
         repeat = e.hits >= 0 ? Math.max(1, e.hits - before) : 1;
@@ -120,37 +121,41 @@ export function bpftraceV2Format() {
         }
         ctx.hasTid = true;
         ctx.hasPid = true;
-        r = w.begin(Kind.FAULTIN);
-        w.setU64(r, 'ts_ns', ts);
-        w.setU32(r, 'pid', e.pid);
-        w.setU64(r, 'rip', e.rip);
       } else {
         tid = ctx.tidForAddr(e.vcpu);
         repeat = e.count;
-        r = w.begin(Kind.FAULTIN);
-        const rip = e.f.get('rip');
-        if (rip !== undefined) w.setU64(r, 'rip', rip);
       }
-      w.setU32(r, 'tid', tid);
       const f = e.f;
+      const rip = e.t === 'stuck' ? e.rip : f.get('rip');
       const gpa = f.get('gpa');
       if (gpa === undefined) ctx.pseudoGpa = true;
-      w.setU64(r, 'gpa', gpa ?? PSEUDO_GPA);
-      const set = (key: string, field: 'hva' | 'mmu_seq' | 'range_start' | 'range_end' | 'pfn'): void => {
-        const v = f.get(key);
-        if (v !== undefined) w.setU64(r, field, v);
-      };
-      set('hva', 'hva');
-      set('mmu seq', 'mmu_seq');
-      set('start', 'range_start');
-      set('end', 'range_end');
-      const ip = f.get('in-prog');
-      if (ip !== undefined) w.setInProgress(r, Number(ip));
       if (f.has('mmu seq')) ctx.hasSeq = true;
-      if (repeat > 1) {
-        w.setU32(r, 'repeat', Math.min(repeat, 0xfffffffe));
-        w.setFlags(r, Flag.COALESCED);
-      }
+      const ip = f.get('in-prog');
+      const write = (n: number): void => {
+        const r = w.begin(Kind.FAULTIN);
+        if (ts >= 0) w.setU64(r, 'ts_ns', ts);
+        if (pid >= 0) w.setU32(r, 'pid', pid);
+        w.setU32(r, 'tid', tid);
+        if (rip !== undefined) w.setU64(r, 'rip', rip);
+        w.setU64(r, 'gpa', gpa ?? PSEUDO_GPA);
+        const set = (key: string, field: 'hva' | 'mmu_seq' | 'range_start' | 'range_end'): void => {
+          const v = f.get(key);
+          if (v !== undefined) w.setU64(r, field, v);
+        };
+        set('hva', 'hva');
+        set('mmu seq', 'mmu_seq');
+        set('start', 'range_start');
+        set('end', 'range_end');
+        if (ip !== undefined) w.setInProgress(r, Number(ip));
+        if (n > 1) {
+          w.setU32(r, 'repeat', Math.min(n, 0xfffffffe));
+          w.setFlags(r, Flag.COALESCED);
+        }
+      };
+      // N faults on one thing: the first, then N - 1 retries of it (a single record for N
+      // would read as one first attempt on a new address)
+      write(1);
+      if (repeat > 1) write(repeat - 1);
       ctx.note(tid, first, last);
     },
   };

@@ -111,8 +111,9 @@ export function kvmStatFormat(stuckAttempts = 1000) {
     },
     noise(line: string): void {
       // a prompt or command naming a VM directory: headers without a path belong to it
-      for (const word of line.split(' ')) {
-        const d = /\/kvm\//.test(word) || /^\d+-\d+\/?$/.test(word) ? VMDIR.exec(word + '/') : null;
+      for (const raw of line.split(/[ ;&|]/)) {
+        const word = raw.replace(/^.*:/, '').replace(/[#$%>]+$/, '');
+        const d = /(?:^|\/)(\d{1,10})-(\d{1,10})\/?$/.exec(word);
         if (d) curName = `${d[1]}-${d[2]}`;
       }
     },

@@ -12,7 +12,7 @@ import { createLineImporter, TextImporter, TextImportOptions } from './text';
 
 // on cleaned lines; the lazy comm is followed by a blank and digits
 const HEAD = /^(.{0,64}?) ?(?:(\d{1,10})\/)?(\d{1,10}) (?:\[(\d{1,5})\] )?(\d{1,12})\.(\d{1,9}): (?:\d{1,20} )?([A-Za-z_]\w{0,63}):([A-Za-z_]\w{0,63}): ?(.*)$/;
-const HEAD_START = /^.{0,64}? ?(?:\d{1,10}\/)?\d{1,10} (?:\[\d{1,5}\] )?\d{1,12}\.\d{1,9}: /;
+const HEAD_START = /^.{0,64}? ?(?:\d{1,10}\/)?\d{1,10} (?:\[\d{1,5}\] )?\d{1,12}\.\d{1,9}:(?: |$)/;
 
 export function perfScriptFormat() {
   return kvmTextFormat(

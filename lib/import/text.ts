@@ -96,6 +96,8 @@ export interface CounterVm {
 export const PSEUDO_GPA = 0x1f_ffff_ffff_f000;
 
 const MAX_EVIDENCE = 65536;
+/** continuation lines one entry may absorb, its length at most, join candidates kept */
+const MAX_JOIN = 8, MAX_ENTRY = 4096, MAX_CANDS = 8;
 
 /** Blanks a mail client may put in a line, as one space; runs of blanks as one. */
 const ODD_BLANKS = /[\u00a0\u202f\u2007\ufffd\u200b\ufeff]/g;
@@ -112,7 +114,8 @@ export function cleanLine(raw: string): string {
 
 const LOST = /\b(?:Lost (\d{1,15}) events?|\[LOST (\d{1,15}) EVENTS?\])/i;
 const NOISE: readonly RegExp[] = [
-  /^(?:\.{2,}|…|\[ ?(?:\.{2,}|…|snip(?:ped)?[^\]]{0,40}) ?\]|<snip>|-{2,} ?snip ?-{2,}|(?:\.\.\. ?)?\(\d{1,12} (?:more )?lines? (?:snipped|removed|elided|omitted)\)(?: ?\.\.\.)?)$/i,
+  /^On .{1,300} wrote:$/,
+  /^(?:\.{2,}|…|\[ ?(?:\.{2,}|…|snip(?:ped)?[^\]]{0,40}|\d{1,12} (?:more )?lines? (?:snipped|removed|elided|omitted)) ?\]|<snip>|-{2,} ?snip ?-{2,}|(?:\.\.\. ?)?\(\d{1,12} (?:more )?lines? (?:snipped|removed|elided|omitted)\)(?: ?\.\.\.)?)$/i,
   /^(?:\$|#|%|[\w.-]{1,64}@[\w.-]{1,64}(?::[^\s$#]{0,200})? ?[$#]|\[[^\]]{1,100}\] ?[$#]) \S/,
   /^(?:sudo |#? ?)?(?:trace-cmd|perf|bpftrace|tail|uniq|sort|cat|grep|cd|date|echo|for|while)\b/,
   /^Attaching \d{1,9} probes?\b/i,
@@ -202,9 +205,9 @@ export function createLineImporter<P>(format: LineFormat<P>, options: TextImport
   const ctx = new ImportContext();
   const skippedLines: SkippedLine[] = [];
   let lines = 0, noise = 0, skipped = 0, lost = 0, joined = 0;
-  // the entry waiting for a possible continuation line
-  let pending: { text: string; first: number; last: number; parsed: P | string } | null = null;
-
+  // the entry waiting for a possible continuation line: its candidate texts (a wrapped entry
+  // joined with a blank and without), what the first of them parsed to, lines absorbed
+  let pending: { cands: string[]; first: number; last: number; parsed: P | string; absorbed: number } | null = null;
   const skip = (line: number, raw: string, reason: string): void => {
     skipped++;
     if (skippedLines.length < maxReported) skippedLines.push({ line, text: raw.length > 200 ? raw.slice(0, 200) + '...' : raw, reason });
@@ -213,8 +216,12 @@ export function createLineImporter<P>(format: LineFormat<P>, options: TextImport
     if (!pending) return;
     const p = pending;
     pending = null;
-    if (typeof p.parsed === 'string') skip(p.first, p.text, p.parsed);
-    else format.take(p.parsed, p.first, p.last, ctx);
+    if (typeof p.parsed === 'string') {
+      skip(p.first, p.cands[0], p.parsed);
+      skipped += p.absorbed;
+    } else {
+      format.take(p.parsed, p.first, p.last, ctx);
+    }
   };
   const handOver = (): void => {
     if (!onBatch || ctx.writer.count === 0) return;
@@ -248,26 +255,29 @@ export function createLineImporter<P>(format: LineFormat<P>, options: TextImport
       format.noise?.(line, lineNo, ctx);
       return;
     }
-    if (!head && pending) {
-      // a continuation of the entry before it? joined with a blank, then without
-      const withBlank = pending.text + ' ' + line;
-      let p = format.parse(withBlank), text = withBlank;
-      if (typeof p === 'string') {
-        const tight = pending.text + line;
-        const q = format.parse(tight);
-        if (typeof q !== 'string') {
-          p = q;
-          text = tight;
+    if (!head && pending && pending.absorbed < MAX_JOIN && pending.cands[0].length + line.length < MAX_ENTRY) {
+      // a continuation of the entry before it? joined with a blank (the client wrapped at one),
+      // then without (it cut a token); the first candidate that parses wins
+      const next: string[] = [];
+      for (const c of pending.cands) {
+        for (const t of [c + ' ' + line, c + line]) if (next.length < MAX_CANDS && !next.includes(t)) next.push(t);
+      }
+      for (const t of next) {
+        const p = format.parse(t);
+        if (typeof p !== 'string') {
+          pending = { cands: [t], first: pending.first, last: lineNo, parsed: p, absorbed: 0 };
+          joined++;
+          return;
         }
       }
-      if (typeof p !== 'string') {
-        pending = { text, first: pending.first, last: lineNo, parsed: p };
-        joined++;
+      if (typeof pending.parsed === 'string') {
+        // still incomplete: keep joining (a long entry wrapped more than once)
+        pending = { cands: next, first: pending.first, last: lineNo, parsed: pending.parsed, absorbed: pending.absorbed + 1 };
         return;
       }
     }
     commit();
-    pending = { text: line, first: lineNo, last: lineNo, parsed: format.parse(line) };
+    pending = { cands: [line], first: lineNo, last: lineNo, parsed: format.parse(line), absorbed: 0 };
     if (onBatch && ctx.writer.count >= batchRecords) handOver();
   };
 
