@@ -27,9 +27,10 @@ import { createLineImporter, ImportContext, PSEUDO_GPA, TextImporter, TextImport
 const STUCK = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9}) tid\[(\d{1,10})\] pid\[(\d{1,10})\] stuck @ rip (?:0x)?([0-9a-fA-F]{1,16})(?: \((\d{1,15}) hits?\))?,?(.*)$/;
 const STUCK_START = /^\d{1,2}:\d{2}:\d{2}[:.]\d{1,9} tid\[\d{1,10}\] pid\[\d{1,10}\] stuck\b/;
 /** [count] [label] key=value ... with a vcpu= among them */
-const UNIQ = /^(?:(\d{1,15}) )?(?:([A-Za-z_][\w-]{0,31}(?:\[\d{1,6}\])?):? )?((?:[A-Za-z_][\w-]{0,31}=\S{1,40} ?){1,16})$/;
-const UNIQ_START = /^(?:\d{1,15} )?(?:[A-Za-z_][\w-]{0,31}(?:\[\d{1,6}\])?:? )?(?:[A-Za-z_][\w-]{0,31}=\S{1,40} )*vcpu=/;
-const PAIR = /([A-Za-z_][\w-]{0,31})=(\S{1,40})/g;
+// a value holds no blank and no '=': one way only to split "k=v k=v" (no backtracking blow-up)
+const UNIQ = /^(?:(\d{1,15}) )?(?:([A-Za-z_][\w-]{0,31}(?:\[\d{1,6}\])?):? )?([A-Za-z_][\w-]{0,31}=[^\s=]{1,40}(?: [A-Za-z_][\w-]{0,31}=[^\s=]{1,40}){0,15})$/;
+const UNIQ_START = /^(?:\d{1,15} )?(?:[A-Za-z_][\w-]{0,31}(?:\[\d{1,6}\])?:? )?(?:[A-Za-z_][\w-]{0,31}=[^\s=]{1,40} ){0,15}vcpu=/;
+const PAIR = /([A-Za-z_][\w-]{0,31})=([^\s=]{1,40})/g;
 const HEX = /^(?:0x)?[0-9a-fA-F]{1,16}$/;
 const DEC = /^\d{1,15}$/;
 const DAY_NS = 86400e9;

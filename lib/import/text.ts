@@ -145,7 +145,8 @@ export interface LineFormat<P> {
 
 /** What a format's take() works with. */
 export class ImportContext {
-  writer = new RecordWriter(1024);
+  // small at first (an excerpt makes a few records); it doubles as needed
+  writer = new RecordWriter(64);
   handedOver = 0;
   ignored = 0;
   readonly evidence = new Map<number, EvidenceLines>();
