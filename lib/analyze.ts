@@ -6,7 +6,8 @@
 import { createReadStream, promises as fsp } from 'node:fs';
 import { CaptureDamage, CaptureError, CaptureMeta, isCapture, openCapture } from './capture';
 import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
-import { createBpftraceImporter, DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
+import { DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
+import { createMailBpftraceImporter } from './import/bpftrace-mail';
 import { escapeControl } from './escape';
 import { createTextImporter, detectTextFormat, TEXT_FORMAT_NAMES, TextFormat } from './import/index';
 import { CounterVm, EvidenceLines, PSEUDO_GPA } from './import/text';
@@ -227,14 +228,14 @@ export async function analyzeStream(path: string, source: AsyncIterable<Buffer |
       }
       return textDetector;
     };
-    const imp = createBpftraceImporter({ onBatch: (b) => ensureDetector().push(b) });
+    const imp = createMailBpftraceImporter({ onBatch: (b) => ensureDetector().push(b) });
     await read((b) => imp.push(b));
     const result = imp.end();
     const detector = ensureDetector();
     return finishReport({
       path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf: textRetPf!, records: result.records, detector, latest: st.latest,
-      importer: { lines: result.lines, records: result.records, ignored: result.ignored, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: result.kvmfaultText, noise: 0, joined: 0, lost: 0 },
-      capture: null, evidence: result.evidence, vcpuAddrs: null, counterVms: [], hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: 0,
+      importer: { lines: result.lines, records: result.records, ignored: result.ignored, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: result.kvmfaultText, noise: result.noise, joined: result.joined, lost: result.lost },
+      capture: null, evidence: result.evidence, vcpuAddrs: null, counterVms: [], hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: result.lost,
     });
   }
 

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { analyzeFile, AnalysisReport, formatReport, reportJson } from '../lib/analyze';
 import { createBpftraceV2Importer } from '../lib/import/bpftrace-v2';
+import { importMailBpftraceLog } from '../lib/import/bpftrace-mail';
 import { detectTextFormat } from '../lib/import/index';
 import { createKvmStatImporter } from '../lib/import/kvmstat';
 import { createPerfScriptImporter } from '../lib/import/perf';
@@ -320,6 +321,26 @@ describe('56 import: KVM counter snapshots', () => {
   });
 });
 
+describe('56 import: the v3 bpftrace log by mail', () => {
+  for (const name of ['stuck-seq-sign-extension', 'progress-hugepage-zeroing']) {
+    it(`${name}: the mail-damaged copy gives the same records and verdicts, line numbers of the input`, async () => {
+      const clean = importMailBpftraceLog(fx(`${name}.log`));
+      const mail = importMailBpftraceLog(fx(`${name}.mail.log`));
+      assert.ok(fx(`${name}.mail.log`).includes(0xa0));
+      assert.deepEqual(records(mail.batch), records(clean.batch));
+      assert.ok(mail.joined > 10);
+      assert.equal(mail.lost, 12);
+      assert.deepEqual(mail.skippedLines.map((x) => x.text), ['Thanks, does this help?']);
+      const lines = fx(`${name}.mail.log`).toString('latin1').split('\n');
+      assert.equal(mail.skippedLines[0].line, lines.indexOf('Thanks, does this help?') + 1);
+      const a = await analyzeText(fx(`${name}.log`), `${name}.log`);
+      const b = await analyzeText(fx(`${name}.mail.log`), `${name}.mail.log`);
+      assert.equal(b.format, 'bpftrace');
+      assert.deepEqual(b.vcpus.map((v) => [v.tid, v.state, v.cause, v.attempts]), a.vcpus.map((v) => [v.tid, v.state, v.cause, v.attempts]));
+    });
+  }
+});
+
 describe('56 import: analyze on every format', () => {
   const cases: [string, string][] = [
     ['tracecmd-stuck-excerpt.txt', 'trace-cmd'], ['tracecmd-stuck-excerpt.mail.txt', 'trace-cmd'],
@@ -328,6 +349,7 @@ describe('56 import: analyze on every format', () => {
     ['bpftrace-uniq-c.txt', 'bpftrace-v2'], ['bpftrace-uniq-c.mail.txt', 'bpftrace-v2'], ['bpftrace-uniq-c-vcpu-only.txt', 'bpftrace-v2'],
     ['kvm-counters.txt', 'kvm-counters'], ['kvm-counters.mail.txt', 'kvm-counters'],
     ['stuck-seq-sign-extension.log', 'bpftrace'], ['progress-hugepage-zeroing.log', 'bpftrace'],
+    ['stuck-seq-sign-extension.mail.log', 'bpftrace'], ['progress-hugepage-zeroing.mail.log', 'bpftrace'],
   ];
   for (const [name, format] of cases) {
     it(`detects ${name} as ${format}`, () => assert.equal(detectTextFormat(fx(name)), format));

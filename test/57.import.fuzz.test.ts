@@ -7,7 +7,10 @@ import { createBpftraceV2Importer } from '../lib/import/bpftrace-v2';
 import { createPerfScriptImporter } from '../lib/import/perf';
 import { createKvmStatImporter } from '../lib/import/kvmstat';
 import { fuzzCheck, fuzzInput, fuzzRun, fuzzTargets } from './helpers/importfuzz';
-import { prng } from './helpers/scenarios';
+import { importMailBpftraceLog } from '../lib/import/bpftrace-mail';
+import { Kind } from '../lib/record';
+import { readFileSync } from 'node:fs';
+import { fixturePath, prng } from './helpers/scenarios';
 
 /** cases per importer (bench/import-fuzz.ts runs a million and more) */
 const CASES = 20000;
@@ -51,6 +54,24 @@ describe('57 import fuzz: mutated valid inputs never throw, hang or grow memory'
       assert.ok(Date.now() - started < 100_000);
     });
   }
+
+  it('the v3 log by mail (bpftrace-mail.ts): 5000 mutated cases', function () {
+    this.timeout(120_000);
+    const rnd = prng(99);
+    const seeds = ['stuck-seq-sign-extension.log', 'stuck-seq-sign-extension.mail.log', 'progress-hugepage-zeroing.log', 'progress-hugepage-zeroing.mail.log']
+      .map((n) => readFileSync(fixturePath(n)).toString('latin1').split('\n').map((l) => Buffer.from(l, 'latin1')));
+    const t = { name: 'bpftrace-v3-mail', make: () => null as never, seeds };
+    for (let c = 0; c < 5000; c++) {
+      const input = fuzzInput(t, rnd);
+      let r;
+      try {
+        r = importMailBpftraceLog(input, { maxReported: 3 });
+      } catch (e) {
+        assert.fail(`case ${c} threw ${(e as Error).stack}\ninput: ${JSON.stringify(input.toString('latin1'))}`);
+      }
+      for (let i = 0; i < r.batch.length; i++) assert.ok(r.batch.repeat(i) >= 1 && r.batch.kind(i) >= Kind.FAULT && r.batch.kind(i) <= Kind.EXIT);
+    }
+  });
 
   it('pathological long lines parse in linear time (each format, 16 KiB lines)', () => {
     const bodies = ['-1 ', ' -', 'CPU-1 [', 'a=b ', '==> ', '\xa0', 'x ', '1 ', '[0] 1.0: ', '(1 hits), ', 'vcpu=1 '];

@@ -22,6 +22,7 @@
  */
 import { Flag, Kind } from '../record';
 import { scanFields } from './bpftrace';
+import { V3_CONTINUATION } from './bpftrace-mail';
 import { createLineImporter, ImportContext, PSEUDO_GPA, TextImporter, TextImportOptions } from './text';
 
 const STUCK = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9}) tid\[(\d{1,10})\] pid\[(\d{1,10})\] stuck @ rip (?:0x)?([0-9a-fA-F]{1,16})(?: \((\d{1,15}) hits?\))?,?(.*)$/;
@@ -68,6 +69,8 @@ export function bpftraceV2Format() {
   let dayOffset = 0, lastTs = -1;
   return {
     isHead: (line: string): boolean => STUCK_START.test(line) || UNIQ_START.test(line),
+    // stuck lines' fields parse laxly (any tail would do): only a fields-like line continues one
+    isContinuation: (line: string): boolean => V3_CONTINUATION.test(line),
     parse(line: string): Entry | string {
       let m = STUCK.exec(line);
       if (m) {

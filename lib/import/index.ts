@@ -3,7 +3,7 @@
  * are cleaned of mail damage (text.ts) and each format counts the lines it recognises; the
  * format with the most wins (ties: the order below).
  */
-import { importBpftraceLog } from './bpftrace';
+import { importMailBpftraceLog } from './bpftrace-mail';
 import { bpftraceV2Score, createBpftraceV2Importer } from './bpftrace-v2';
 import { createKvmStatImporter, kvmStatScore } from './kvmstat';
 import { createPerfScriptImporter, perfScriptScore } from './perf';
@@ -24,7 +24,7 @@ export const TEXT_FORMAT_NAMES: Readonly<Record<TextFormat, string>> = {
 export function detectTextFormat(head: string | Uint8Array): TextFormat | null {
   const lines = headLines(head);
   if (lines.length === 0) return null;
-  const v3 = importBpftraceLog(lines.join('\n'));
+  const v3 = importMailBpftraceLog(typeof head === 'string' ? head.slice(0, 1 << 20) : head.subarray(0, 1 << 20), { maxReported: 0 });
   const scores: [TextFormat, number][] = [
     ['bpftrace', v3.records > 0 ? v3.lines - v3.skipped : 0],
     ['bpftrace-v2', bpftraceV2Score(lines)],

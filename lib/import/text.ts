@@ -133,6 +133,8 @@ export function isNoise(line: string): boolean {
 export interface LineFormat<P> {
   /** does this cleaned line start an entry (a continuation line does not) */
   isHead(line: string): boolean;
+  /** can this line continue a wrapped entry (default: any line that is not a head) */
+  isContinuation?(line: string): boolean;
   /** the entry parsed, or why it does not parse (a string); must not change state */
   parse(line: string): P | string;
   /** turn a parsed entry into records (ctx), its lines first..last */
@@ -256,7 +258,7 @@ export function createLineImporter<P>(format: LineFormat<P>, options: TextImport
       format.noise?.(line, lineNo, ctx);
       return;
     }
-    if (!head && pending && pending.absorbed < MAX_JOIN && pending.cands[0].length + line.length < MAX_ENTRY) {
+    if (!head && pending && (format.isContinuation?.(line) ?? true) && pending.absorbed < MAX_JOIN && pending.cands[0].length + line.length < MAX_ENTRY) {
       // a continuation of the entry before it? joined with a blank (the client wrapped at one),
       // then without (it cut a token); the first candidate that parses wins
       const next: string[] = [];
