@@ -136,6 +136,22 @@ describe('56 import: trace-cmd report', () => {
     assert.equal(e[7].rangeStart, 0x7f0000100000);
   });
 
+  it('kvm_page_fault with the incident thread\'s debugging patch carries the invalidation state: the cause is told', async () => {
+    const lines: string[] = [];
+    for (let k = 0; k < 1200; k++) {
+      const ts = (1234 + k / 1000).toFixed(6);
+      lines.push(`  CPU 1/KVM-4242  [012] ${ts}: kvm_page_fault: vcpu 1 rip 0xffffffff81234567 address 0x00000001343fa0b0 error_code 0x683, ` +
+        'seq = 0x8002dc25, in_prog = 0x0, start = 0x7feacde61000, end = 0x7feacde62000, root = valid');
+    }
+    const r = importAll(createTraceCmdImporter(), lines.join('\n'));
+    assert.equal(r.skipped, 0, JSON.stringify(r.skippedLines));
+    assert.ok(r.hasSeq);
+    assert.equal(r.batch.get(0).mmuSeq, 0x8002dc25);
+    assert.equal(r.batch.get(0).inProgress, 0);
+    const rep = await analyzeText(lines.join('\n'), 'patched.txt');
+    assert.deepEqual(rep.vcpus.map((v) => [v.tid, v.state, v.cause]), [[4242, 'stuck', 'seq-sign-extension']]);
+  });
+
   it('a fields line that does not match the kernel format is skipped with its line number and why', () => {
     const r = importAll(createTraceCmdImporter(), '  CPU-4242  [012] 1234.567891: kvm_page_fault: address zz error_code 683\nhello\n');
     // the garbage line after an incomplete event is tried as its continuation: one report, two lines

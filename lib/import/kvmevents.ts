@@ -4,7 +4,11 @@
  * (arch/x86/kvm/trace.h, arch/x86/kvm/mmu/mmutrace.h, include/trace/events/kvm.h), old and new:
  *
  *   kvm_page_fault       "address %lx error_code %x"                          (<= 6.5)
- *                        "vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx" (6.6+)
+ *                        "vcpu %u rip 0x%lx address 0x%lx error_code %x", then
+ *                        "vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx" (6.6+),
+ *                        and with the incident thread's debugging patch
+ *                        "..., seq = 0x%lx, in_prog = 0x%lx, start = 0x%lx, end = 0x%lx, root = %s"
+ *                        (then the fault carries the invalidation state and a cause can be told)
  *   kvm_exit             "reason %s rip 0x%lx info %llx %llx"                 (old)
  *                        "[vcpu %u ]reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx
  *                         intr_info 0x%08x error_code 0x%08x"                 (5.7+; vcpu 5.12+)
@@ -29,9 +33,9 @@
  *   -> INVALIDATE (range in gfn or hva): the VM saw an invalidation.
  * - kvm_exit -> EXIT (rip, vcpu); kvm_entry, kvm_inj_virq and the other kvmmmu events are
  *   recognised and make no record; events of other systems are ignored.
- * None of these tracepoints shows the MMU invalidation sequence, the in-progress count or the
+ * Stock tracepoints do not show the MMU invalidation sequence, the in-progress count or the
  * fault's own snapshot, so a stuck vCPU's cause stays 'unknown' unless the kernel judgement
- * (--kernel) fills the gap.
+ * (--kernel) fills the gap (or the kernel carried the thread's patch above).
  */
 import { Flag, Kind } from '../record';
 import { ImportContext } from './text';
@@ -41,7 +45,9 @@ const D = '(-?\\d{1,10})';
 // lines are cleaned: one blank between tokens
 const re = (s: string): RegExp => new RegExp('^' + s + '$');
 
-const PAGE_FAULT = re(`(?:vcpu ${D},? )?(?:rip ${X},? )?address ${X},? error_code ${X}`);
+// the tail: the debugging patch from the incident's thread that added the invalidation state
+// (", seq = 0x%lx, in_prog = 0x%lx, start = 0x%lx, end = 0x%lx, root = %s")
+const PAGE_FAULT = re(`(?:vcpu ${D},? )?(?:rip ${X},? )?address ${X},? error_code ${X}(?:, seq = ${X}, in_prog = ${X}, start = ${X}, end = ${X}(?:, root = [^,]{0,60})?)?`);
 const EXIT = re(`(?:vcpu ${D},? )?reason (\\S{1,64})((?: [A-Z][A-Z_]{0,40}){0,8}) rip ${X},? (?:info ${X} ${X}|info1 ${X} info2 ${X}(?: intr_info ${X} error_code ${X})?)`);
 const ENTRY = /^vcpu (\d{1,10})(?:, ?rip (?:0x)?([0-9a-fA-F]{1,16}))?(?: .{0,200})?$/;
 const VIRQ = /^(?:irq|IRQ) (?:0x)?[0-9a-fA-F]{1,8}(?: .{0,100})?$/;
@@ -67,7 +73,7 @@ export const KVM_EVENTS = new Set([
 ]);
 
 export type KvmEvent =
-  | { t: 'pf'; vcpu: number | null; rip: bigint | null; gpa: bigint; err: bigint }
+  | { t: 'pf'; vcpu: number | null; rip: bigint | null; gpa: bigint; err: bigint; inv: { seq: bigint; inProg: bigint; start: bigint; end: bigint } | null }
   | { t: 'exit'; vcpu: number | null; reason: string; rip: bigint }
   | { t: 'entry'; vcpu: number; rip: bigint | null }
   | { t: 'walk'; addr: bigint; err: bigint }
@@ -89,7 +95,10 @@ export function parseKvmEvent(name: string, body: string): KvmEvent | string | n
   switch (name) {
     case 'kvm_page_fault':
       if (!(m = PAGE_FAULT.exec(body))) return 'kvm_page_fault fields not as in the kernel ("[vcpu N rip 0xR ]address A error_code E")';
-      return { t: 'pf', vcpu: m[1] === undefined ? null : Number(m[1]), rip: m[2] === undefined ? null : hex(m[2]), gpa: hex(m[3]), err: hex(m[4]) };
+      return {
+        t: 'pf', vcpu: m[1] === undefined ? null : Number(m[1]), rip: m[2] === undefined ? null : hex(m[2]), gpa: hex(m[3]), err: hex(m[4]),
+        inv: m[5] === undefined ? null : { seq: hex(m[5]), inProg: hex(m[6]), start: hex(m[7]), end: hex(m[8]) },
+      };
     case 'kvm_exit':
       if (!(m = EXIT.exec(body))) return 'kvm_exit fields not as in the kernel ("[vcpu N ]reason R rip 0xR info ...")';
       return { t: 'exit', vcpu: m[1] === undefined ? null : Number(m[1]), reason: m[2], rip: hex(m[4]) };
@@ -166,6 +175,13 @@ export class KvmEventSink {
         w.setU64(r, 'error_code', ev.err);
         const rip = ev.rip ?? th.rip;
         if (rip !== null) w.setU64(r, 'rip', rip);
+        if (ev.inv) {
+          ctx.hasSeq = true;
+          w.setU64(r, 'mmu_seq', ev.inv.seq);
+          w.setInProgress(r, Number(ev.inv.inProg & 0x7fffffffn));
+          w.setU64(r, 'range_start', ev.inv.start);
+          w.setU64(r, 'range_end', ev.inv.end);
+        }
         break;
       }
       case 'walk': {
