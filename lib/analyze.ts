@@ -423,12 +423,14 @@ export function reportJson(r: AnalysisReport): object {
       // null when the log does not name them (trace-cmd: no pid; uniq -c: a vCPU address only)
       pid: r.hasPid && v.vcpuAddr === undefined ? v.pid : null,
       tid: r.hasTid && v.vcpuAddr === undefined ? v.tid : null,
+      vmId: r.hasPid ? v.vmId : null,
     })),
     vms: [
       ...r.vms.map((vm) => {
         const mine = r.vcpus.filter((v) => v.vmId === vm.vmId);
         const state = mine.some((v) => v.state === 'stuck') ? 'stuck' : mine.some((v) => v.state === 'retrying') ? 'retrying' : 'progressing';
-        return { name: vm.vmId, state, ...vm };
+        // a log without the VMM pid puts every thread in one VM it cannot name
+        return r.hasPid ? { name: vm.vmId, state, ...vm } : { ...vm, name: null, state, vmId: null, pid: null };
       }),
       ...r.counterVms,
     ],
