@@ -1,12 +1,16 @@
 /**
- * Offline analysis: a capture file or a bpftrace log in, one verdict per vCPU out.
- * The format is detected from the content (the capture magic, else the log's line shape).
+ * Offline analysis: a capture file or a text log in, one verdict per vCPU (and per VM for
+ * counter snapshots) out. The format is detected from the content (the capture magic, else the
+ * lines: lib/import/index.ts). "-" reads standard input.
  */
 import { createReadStream, promises as fsp } from 'node:fs';
 import { CaptureDamage, CaptureError, CaptureMeta, CaptureReader, isCapture, openCapture } from './capture';
 import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
-import { createBpftraceImporter, DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
+import { DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
+import { createMailBpftraceImporter } from './import/bpftrace-mail';
 import { escapeControl } from './escape';
+import { createTextImporter, detectTextFormat, TEXT_FORMAT_NAMES, TextFormat } from './import/index';
+import { CounterVm, EvidenceLines, PSEUDO_GPA } from './import/text';
 import { judgeKernel, KernelInfo, StaleCheckSignature } from './kernels';
 
 function isStaleCheck(x: unknown): x is StaleCheckSignature {
@@ -24,9 +28,20 @@ export interface AnalyzeOptions {
   detector?: Omit<DetectorOptions, 'kernel' | 'onVerdict'>;
 }
 
+/** A vCPU's verdict in the report: the detector's, plus where in the input its evidence is. */
+export type ReportVcpu = Verdict & {
+  /** the vCPU's kernel address (struct kvm_vcpu *) as the log printed it, when the log names it only so (tid is then made up) */
+  vcpuAddr?: string;
+  /** first and last line of the input that were evidence for it (text logs) */
+  evidenceLines?: EvidenceLines | null;
+};
+
+/** A VM in the report: the detector's forecast, or a counter verdict (kvm-counters). */
+export type ReportVm = (VmForecast & { name: string; state: string }) | (CounterVm & { vmId?: undefined });
+
 export interface AnalysisReport {
   path: string;
-  format: 'capture' | 'bpftrace';
+  format: 'capture' | TextFormat;
   bytes: number;
   kernel: KernelInfo | null;
   /** where the kernel came from */
@@ -34,13 +49,26 @@ export interface AnalysisReport {
   retPf: RetPfTable;
   records: number;
   /** final verdict per vCPU thread (also those evicted during the run), stuck first */
-  vcpus: Verdict[];
+  vcpus: ReportVcpu[];
   vms: VmForecast[];
+  /** per-VM verdicts from KVM counters (kvm-counters logs), stuck first */
+  counterVms: CounterVm[];
+  /** VMs whose counters say stuck */
+  stuckVms: number;
+  /** whether the input names the VMM pid and the vCPU thread (trace-cmd: no pid; uniq -c: neither) */
+  hasPid: boolean;
+  hasTid: boolean;
+  /** what the reader should know about the input (lost events, missing fields) */
+  notes: string[];
   stuck: number;
   retrying: number;
   progressing: number;
   detector: DetectorStats;
-  importer: { lines: number; records: number; ignored: number; skipped: number; skippedLines: SkippedLine[]; kvmfaultText: boolean } | null;
+  importer: {
+    lines: number; records: number; ignored: number; skipped: number; skippedLines: SkippedLine[]; kvmfaultText: boolean;
+    /** mail/shell noise lines, lines re-joined after a mail client wrapped them, events the tracer lost */
+    noise: number; joined: number; lost: number;
+  } | null;
   /** version: the capture format; complete: the end chunk was read (version 2; null for version 1, which has none);
    *  gaps: places where records were lost (the detector counts no attempts across one) */
   capture: { meta: CaptureMeta; damage: CaptureDamage[]; version: number; complete: boolean | null; gaps: number; metaIntact: boolean } | null;
@@ -82,7 +110,40 @@ export async function feedCapture(reader: CaptureReader, detector: StaleFaultDet
   return records;
 }
 
+/** Reads the first `want` bytes of a stream, and gives back the whole stream (those bytes first). */
+async function peek(source: AsyncIterable<Buffer | string>, want: number): Promise<{ head: Buffer; rest: AsyncIterable<Buffer> }> {
+  const it = source[Symbol.asyncIterator]();
+  const got: Buffer[] = [];
+  let n = 0, done = false;
+  while (n < want) {
+    const r = await it.next();
+    if (r.done) {
+      done = true;
+      break;
+    }
+    const b = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+    got.push(b);
+    n += b.length;
+  }
+  const head = Buffer.concat(got);
+  async function* rest(): AsyncGenerator<Buffer> {
+    if (head.length > 0) yield head;
+    if (done) return;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
+    }
+  }
+  return { head: head.subarray(0, want), rest: rest() };
+}
+
+/**
+ * Analyses a file, or standard input when `path` is "-" (a capture must be a file: it is read
+ * by offset). Text is streamed: memory stays bounded whatever the input's size.
+ */
 export async function analyzeFile(path: string, options: AnalyzeOptions = {}): Promise<AnalysisReport> {
+  if (path === '-') return analyzeStream('-', process.stdin, options);
   let stat;
   try {
     stat = await fsp.stat(path);
@@ -94,104 +155,199 @@ export async function analyzeFile(path: string, options: AnalyzeOptions = {}): P
   const prefix = new Uint8Array(Math.min(4096, stat.size));
   const fh = await fsp.open(path, 'r');
   await fh.read(prefix, 0, prefix.length, 0).finally(() => fh.close());
+  if (isCapture(prefix)) return analyzeCapture(path, stat.size, options);
+  return analyzeStream(path, createReadStream(path, { highWaterMark: 1 << 20 }), options, stat.size);
+}
 
-  let kernel: KernelInfo | null = options.kernel ? judgeKernel(options.kernel, options.procVersion) : null;
-  let kernelSource: AnalysisReport['kernelSource'] = kernel ? 'option' : 'none';
-  const latest = new Map<number, Verdict>();
-  const makeDetector = (retPf: RetPfTable): StaleFaultDetector =>
-    new StaleFaultDetector({
-      ...options.detector,
-      retPf,
-      kernel,
-      onVerdict: (v) => latest.set(v.tid, v),
-    });
+function newState(options: AnalyzeOptions) {
+  const st = {
+    kernel: (options.kernel ? judgeKernel(options.kernel, options.procVersion) : null) as KernelInfo | null,
+    kernelSource: (options.kernel ? 'option' : 'none') as AnalysisReport['kernelSource'],
+    latest: new Map<number, Verdict>(),
+    makeDetector: (retPf: RetPfTable): StaleFaultDetector =>
+      new StaleFaultDetector({
+        ...options.detector,
+        retPf,
+        kernel: st.kernel,
+        onVerdict: (v) => st.latest.set(v.tid, v),
+      }),
+  };
+  return st;
+}
 
-  let detector: StaleFaultDetector;
-  let retPf: RetPfTable;
-  let importer: AnalysisReport['importer'] = null;
-  let capture: AnalysisReport['capture'] = null;
-  let records = 0;
-  let format: AnalysisReport['format'];
+async function analyzeCapture(path: string, bytes: number, options: AnalyzeOptions): Promise<AnalysisReport> {
+  const st = newState(options);
+  let reader;
+  try {
+    reader = await openCapture(path);
+  } catch (e) {
+    if (e instanceof CaptureError) throw new AnalyzeInputError(e.message);
+    throw e;
+  }
+  const meta = reader.header.meta;
+  if (!st.kernel && meta.hostKernel) {
+    st.kernel = judgeKernel(meta.hostKernel, typeof meta.procVersion === 'string' ? meta.procVersion : undefined,
+      isStaleCheck(meta.staleCheck) ? meta.staleCheck : null);
+    st.kernelSource = 'capture';
+  }
+  const retPf = meta.retPf && Number.isInteger(meta.retPf.RETRY) && Number.isInteger(meta.retPf.FIXED) && Number.isInteger(meta.retPf.SPURIOUS)
+    ? (meta.retPf as unknown as RetPfTable)
+    : retPfFor(st.kernel);
+  const detector = st.makeDetector(retPf);
+  const records = await feedCapture(reader, detector);
+  return finishReport({
+    path, format: 'capture', bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records, detector, latest: st.latest,
+    importer: null, capture: { meta, damage: reader.damage, version: reader.header.version, complete: reader.complete, gaps: reader.gaps, metaIntact: reader.header.metaIntact }, evidence: null, vcpuAddrs: null, counterVms: [],
+    hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: 0,
+  });
+}
 
-  if (isCapture(prefix)) {
-    format = 'capture';
-    let reader;
+/** A text log (any format lib/import reads) from a stream. */
+export async function analyzeStream(path: string, source: AsyncIterable<Buffer | string>, options: AnalyzeOptions = {}, size?: number): Promise<AnalysisReport> {
+  const st = newState(options);
+  let peeked;
+  try {
+    peeked = await peek(source, DETECT_BYTES);
+  } catch (e) {
+    throw new AnalyzeInputError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const { head, rest } = peeked;
+  if (isCapture(head.subarray(0, 8))) throw new AnalyzeInputError(`${path} is a kvmfault capture: give it as a file path (a capture is read by offset, not from a pipe)`);
+  const format = looksLikeBpftraceLog(head) ? 'bpftrace' : detectTextFormat(head);
+  if (format === null) {
+    throw new AnalyzeInputError(`${path === '-' ? 'standard input' : path} is in no format analyze reads: a kvmfault capture (KVMFCAP magic), or text: ` +
+      Object.values(TEXT_FORMAT_NAMES).join('; ') + ' (README: "Capture files, bpftrace logs, analysis")');
+  }
+  let bytes = 0;
+  const read = async (push: (b: Buffer) => void): Promise<void> => {
     try {
-      reader = await openCapture(path);
+      for await (const chunk of rest) {
+        bytes += chunk.length;
+        push(chunk);
+      }
     } catch (e) {
-      if (e instanceof CaptureError) throw new AnalyzeInputError(e.message);
-      throw e;
+      throw new AnalyzeInputError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    const meta = reader.header.meta;
-    if (!kernel && meta.hostKernel) {
-      kernel = judgeKernel(meta.hostKernel, typeof meta.procVersion === 'string' ? meta.procVersion : undefined,
-        isStaleCheck(meta.staleCheck) ? meta.staleCheck : null);
-      kernelSource = 'capture';
-    }
-    retPf = meta.retPf && Number.isInteger(meta.retPf.RETRY) && Number.isInteger(meta.retPf.FIXED) && Number.isInteger(meta.retPf.SPURIOUS)
-      ? (meta.retPf as unknown as RetPfTable)
-      : retPfFor(kernel);
-    detector = makeDetector(retPf);
-    records = await feedCapture(reader, detector);
-    capture = { meta, damage: reader.damage, version: reader.header.version, complete: reader.complete, gaps: reader.gaps, metaIntact: reader.header.metaIntact };
-  } else {
-    // detection on the first DETECT_BYTES, then the whole file streamed line by line: memory
-    // stays bounded whatever the file's size (one string of it failed past ~512 MiB)
-    const head = new Uint8Array(Math.min(DETECT_BYTES, stat.size));
-    const hf = await fsp.open(path, 'r');
-    const { bytesRead } = await hf.read(head, 0, head.length, 0).finally(() => hf.close());
-    if (!looksLikeBpftraceLog(head.subarray(0, bytesRead))) {
-      throw new AnalyzeInputError(`${path} is neither a kvmfault capture (no KVMFCAP magic) nor a bpftrace log in the incident's format (no line like "21:25:50:282711 tid[N] pid[N] FAULTIN @ rip ...")`);
-    }
-    format = 'bpftrace';
+  };
+
+  if (format === 'bpftrace') {
     // the detector is made when the first records come: by then the text's header (its first
     // line) has said which kernel traced it
     let textDetector: StaleFaultDetector | null = null;
     let textRetPf: RetPfTable | null = null;
     const ensureDetector = (): StaleFaultDetector => {
       if (!textDetector) {
-        if (!kernel && imp.kernel) {
-          kernel = judgeKernel(imp.kernel);
-          kernelSource = 'trace text';
+        if (!st.kernel && imp.kernel) {
+          st.kernel = judgeKernel(imp.kernel);
+          st.kernelSource = 'trace text';
         }
         // the incident's logs come from 6.1 hosts: MAP_RET ret = 4 is RET_PF_FIXED there
-        textRetPf = kernel ? retPfFor(kernel) : { ...RET_PF_6_1 };
-        textDetector = makeDetector(textRetPf);
+        textRetPf = st.kernel ? retPfFor(st.kernel) : { ...RET_PF_6_1 };
+        textDetector = st.makeDetector(textRetPf);
       }
       return textDetector;
     };
-    const imp = createBpftraceImporter({ onBatch: (b) => ensureDetector().push(b) });
-    try {
-      for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) imp.push(chunk as Buffer);
-    } catch (e) {
-      throw new AnalyzeInputError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
+    const imp = createMailBpftraceImporter({ onBatch: (b) => ensureDetector().push(b) });
+    await read((b) => imp.push(b));
     const result = imp.end();
-    detector = ensureDetector();
-    retPf = textRetPf!;
-    records = result.records;
-    importer = { lines: result.lines, records: result.records, ignored: result.ignored, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: result.kvmfaultText };
+    const detector = ensureDetector();
+    return finishReport({
+      path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf: textRetPf!, records: result.records, detector, latest: st.latest,
+      importer: { lines: result.lines, records: result.records, ignored: result.ignored, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: result.kvmfaultText, noise: result.noise, joined: result.joined, lost: result.lost },
+      capture: null, evidence: result.evidence, vcpuAddrs: null, counterVms: [], hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: result.lost,
+    });
   }
 
+  const retPf = st.kernel ? retPfFor(st.kernel) : { ...RET_PF_6_1 };
+  const detector = st.makeDetector(retPf);
+  const imp = createTextImporter(format, { onBatch: (b) => detector.push(b), stuckAttempts: options.detector?.stuckAttempts });
+  await read((b) => imp.push(b));
+  const result = imp.end();
+  return finishReport({
+    path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records: result.records, detector, latest: st.latest,
+    importer: { lines: result.lines, records: result.records, ignored: result.ignored + result.noise, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: false, noise: result.noise, joined: result.joined, lost: result.lost },
+    capture: null, evidence: result.evidence, vcpuAddrs: result.vcpuAddrs, counterVms: result.counters ?? [],
+    hasPid: result.hasPid, hasTid: result.hasTid, hasSeq: result.hasSeq, pseudoGpa: result.pseudoGpa, lost: result.lost,
+  });
+}
+
+interface Finish {
+  path: string;
+  format: AnalysisReport['format'];
+  bytes: number;
+  kernel: KernelInfo | null;
+  kernelSource: AnalysisReport['kernelSource'];
+  retPf: RetPfTable;
+  records: number;
+  detector: StaleFaultDetector;
+  latest: Map<number, Verdict>;
+  importer: AnalysisReport['importer'];
+  capture: AnalysisReport['capture'];
+  evidence: Map<number, EvidenceLines> | null;
+  vcpuAddrs: Map<number, string> | null;
+  counterVms: CounterVm[];
+  hasPid: boolean;
+  hasTid: boolean;
+  hasSeq: boolean;
+  pseudoGpa: boolean;
+  lost: number;
+}
+
+const PSEUDO_GPA_HEX = PSEUDO_GPA.toString(16);
+
+function finishReport(f: Finish): AnalysisReport {
+  const { detector, latest } = f;
   for (const v of detector.snapshot()) latest.set(v.tid, v);
   const order = { stuck: 0, retrying: 1, progressing: 2 } as const;
-  const vcpus = [...latest.values()].sort((a, b) => order[a.state] - order[b.state] || a.pid - b.pid || a.tid - b.tid);
+  const notes: string[] = [];
+  if (f.lost > 0) notes.push(`the tracer lost ${f.lost} event(s) ("Lost N events" / "[LOST N EVENTS]" lines): attempts may be undercounted`);
+  if (f.pseudoGpa) notes.push('the log prints no guest address: each vCPU\'s lines are taken as retries of one fault (what a vCPU stuck on one access does)');
+  const vcpus: ReportVcpu[] = [...latest.values()].map((v) => {
+    const out: ReportVcpu = { ...v };
+    const addr = f.vcpuAddrs?.get(v.tid);
+    if (addr !== undefined) out.vcpuAddr = addr;
+    if (f.evidence) out.evidenceLines = f.evidence.get(v.tid) ?? null;
+    if (f.pseudoGpa && v.gpa === PSEUDO_GPA_HEX) {
+      out.gpa = null;
+      out.explanation = out.explanation.split(`gpa ${PSEUDO_GPA_HEX}`).join('its one fault').split(PSEUDO_GPA_HEX).join('?');
+      out.explanation += ' (the log prints no gpa: its lines for this vCPU are taken as one fault)';
+    }
+    if (v.state === 'retrying' && v.retryReason === 'unexplained' && !f.hasSeq) {
+      out.explanation += ` This excerpt shows ${v.attempts} attempt(s) over ${((v.lastSeen - v.firstSeen) / 1e9).toFixed(6)} s and no invalidation state: ` +
+        'stuck needs more attempts over a longer time (--stuck-attempts, --stuck-seconds), or a signature only the invalidation state shows. ' +
+        'A longer trace, two snapshots of the VM\'s pf_taken / pf_fixed counters, or a `kvmfault record` capture would tell.';
+    }
+    if (v.state === 'stuck' && v.cause === 'unknown' && !f.hasSeq) {
+      out.explanation += ' The log shows no MMU invalidation state (sequence, in-progress count, range): to tell the cause, ' +
+        'capture on that host with `kvmfault record` (or the incident\'s bpftrace script, which prints "MMU seq", "in-prog", start/end), ' +
+        'or give the host\'s kernel with --kernel so the kernel judgement can fill the gap.';
+    }
+    return out;
+  });
+  vcpus.sort((a, b) => order[a.state] - order[b.state] || a.pid - b.pid || a.tid - b.tid);
+  const cOrder = { stuck: 0, retrying: 1, progressing: 2, idle: 3, unknown: 4 } as const;
+  const counterVms = [...f.counterVms].sort((a, b) => cOrder[a.state] - cOrder[b.state]);
   return {
-    path,
-    format,
-    bytes: stat.size,
-    kernel,
-    kernelSource,
-    retPf,
-    records,
+    path: f.path,
+    format: f.format,
+    bytes: f.bytes,
+    kernel: f.kernel,
+    kernelSource: f.kernelSource,
+    retPf: f.retPf,
+    records: f.records,
     vcpus,
     vms: detector.forecast(),
+    counterVms,
+    stuckVms: counterVms.filter((v) => v.state === 'stuck').length,
+    hasPid: f.hasPid,
+    hasTid: f.hasTid,
+    notes,
     stuck: vcpus.filter((v) => v.state === 'stuck').length,
     retrying: vcpus.filter((v) => v.state === 'retrying').length,
     progressing: vcpus.filter((v) => v.state === 'progressing').length,
     detector: detector.stats(),
-    importer,
-    capture,
+    importer: f.importer,
+    capture: f.capture,
   };
 }
 
@@ -200,8 +356,10 @@ export function formatReport(r: AnalysisReport): string {
   const out: string[] = [];
   const src = r.format === 'capture'
     ? `capture, ${r.records} records${r.capture?.meta.hostKernel ? `, traced on ${r.capture.meta.hostKernel}` : ''}`
-    : `${r.importer!.kvmfaultText ? 'kvmfault trace text' : 'bpftrace log'}, ${r.importer!.lines} lines -> ${r.records} records, ${r.importer!.skipped} line(s) skipped`;
-  out.push(`${r.path}: ${src}`);
+    : `${r.importer!.kvmfaultText ? 'kvmfault trace text' : TEXT_FORMAT_NAMES[r.format]}, ${r.importer!.lines} lines -> ${r.records} records, ${r.importer!.skipped} line(s) skipped` +
+      `${r.importer!.noise ? `, ${r.importer!.noise} noise line(s)` : ''}${r.importer!.joined ? `, ${r.importer!.joined} wrapped line(s) re-joined` : ''}`;
+  out.push(`${r.path === '-' ? 'standard input' : r.path}: ${src}`);
+  for (const n of r.notes) out.push(`note: ${n}`);
   if (r.kernel) {
     const st = r.kernel.affected === true ? 'AFFECTED' : r.kernel.affected === false ? 'not affected' : 'unknown';
     out.push(`kernel ${r.kernel.release} (${r.kernelSource === 'option' ? '--kernel' : `from the ${r.kernelSource}`}): sign-extension bug ${st}: ${r.kernel.reason}`);
@@ -224,7 +382,12 @@ export function formatReport(r: AnalysisReport): string {
   for (const v of r.vcpus) {
     const tag = v.state === 'stuck' ? 'STUCK' : v.state === 'retrying' ? 'retrying' : 'progressing';
     const cause = v.cause ? ` cause ${v.cause} (${v.confidence} confidence, decided by ${v.decidedBy})` : v.retryReason ? ` (${v.retryReason})` : '';
-    out.push(`  ${tag.padEnd(11)} vm ${v.vmId} pid ${v.pid} tid ${v.tid}${v.vcpu !== null ? ` vcpu ${v.vcpu}` : ''}: gpa ${v.gpa ?? '?'}, ${v.attempts} attempt(s)${cause}${v.evicted ? ' [evicted]' : ''}`);
+    const who = v.vcpuAddr !== undefined ? `vcpu at ${v.vcpuAddr}` : `${r.hasPid ? `vm ${v.vmId} pid ${v.pid} ` : ''}tid ${v.tid}${v.vcpu !== null ? ` vcpu ${v.vcpu}` : ''}`;
+    out.push(`  ${tag.padEnd(11)} ${who}: gpa ${v.gpa ?? '?'}, ${v.attempts} attempt(s)${cause}${v.evicted ? ' [evicted]' : ''}`);
+    if (v.evidenceLines) {
+      const e = v.evidenceLines;
+      out.push(`              evidence: line${e.first === e.last ? ` ${e.first}` : `s ${e.first}..${e.last}`} of the input (${e.count} entr${e.count === 1 ? 'y' : 'ies'})`);
+    }
     if (v.state !== 'progressing') {
       const range = v.range ? `, range ${v.range.unit} [${v.range.start}, ${v.range.end})` : '';
       out.push(`              hva ${v.hva ?? '?'}, rip ${v.rip ?? '?'}, seq ${v.mmuSeqFirst ?? '?'}..${v.mmuSeqLast ?? '?'}` +
@@ -239,7 +402,19 @@ export function formatReport(r: AnalysisReport): string {
     for (const vm of r.vms) {
       const rate = vm.ratePerSec === null ? 'rate unknown' : `${vm.ratePerSec.toFixed(1)}/s (${vm.rateSource})`;
       const left = vm.secondsToSignBit === null ? '' : vm.crossed ? ', crossed' : `, ${formatDuration(vm.secondsToSignBit)} left`;
-      out.push(`  vm ${vm.vmId} pid ${vm.pid}: ${vm.vcpus} vCPU(s), ${rate}${left}; ${vm.warning}`);
+      out.push(`  vm ${r.hasPid ? `${vm.vmId} pid ${vm.pid}` : '? (the log names no VMM pid: all its threads together)'}: ${vm.vcpus} vCPU(s), ${rate}${left}; ${vm.warning}`);
+    }
+  }
+  if (r.counterVms.length > 0) {
+    out.push('');
+    out.push(`VMs by their KVM counters: ${r.stuckVms} stuck`);
+    for (const vm of r.counterVms) {
+      const tag = vm.state === 'stuck' ? 'STUCK' : vm.state;
+      const deltas = Object.entries(vm.counters).map(([k, c]) => `${k} ${c.delta >= 0 ? '+' : ''}${c.delta}`).join(', ');
+      out.push(`  ${tag.padEnd(11)} vm ${vm.name}: ${vm.snapshots} snapshot(s)${vm.seconds !== null ? ` over ${vm.seconds} s` : ''}; ${deltas}`);
+      const e = vm.evidenceLines;
+      out.push(`              evidence: lines ${e.first}..${e.last} of the input`);
+      out.push(`              ${vm.explanation}`);
     }
   }
   const st = r.detector;
@@ -249,7 +424,11 @@ export function formatReport(r: AnalysisReport): string {
   return out.map(escapeControl).join('\n') + '\n';
 }
 
-/** The --json document: the report with a `vcpus` array (pid, tid, state, cause, gpa, attempts, evidence). */
+/**
+ * The --json document: the report with a `vcpus` array (pid, tid, state, cause, gpa, attempts,
+ * evidence; vcpuAddr and evidenceLines for text logs) and a `vms` array (name, state; the
+ * forecast, or for counter logs the counter deltas).
+ */
 export function reportJson(r: AnalysisReport): object {
   return {
     path: r.path,
@@ -258,9 +437,24 @@ export function reportJson(r: AnalysisReport): object {
     kernel: r.kernel,
     kernelSource: r.kernelSource,
     retPf: r.retPf,
-    summary: { stuck: r.stuck, retrying: r.retrying, progressing: r.progressing },
-    vcpus: r.vcpus,
-    vms: r.vms,
+    summary: { stuck: r.stuck, retrying: r.retrying, progressing: r.progressing, stuckVms: r.stuckVms },
+    notes: r.notes,
+    vcpus: r.vcpus.map((v) => ({
+      ...v,
+      // null when the log does not name them (trace-cmd: no pid; uniq -c: a vCPU address only)
+      pid: r.hasPid && v.vcpuAddr === undefined ? v.pid : null,
+      tid: r.hasTid && v.vcpuAddr === undefined ? v.tid : null,
+      vmId: r.hasPid ? v.vmId : null,
+    })),
+    vms: [
+      ...r.vms.map((vm) => {
+        const mine = r.vcpus.filter((v) => v.vmId === vm.vmId);
+        const state = mine.some((v) => v.state === 'stuck') ? 'stuck' : mine.some((v) => v.state === 'retrying') ? 'retrying' : 'progressing';
+        // a log without the VMM pid puts every thread in one VM it cannot name
+        return r.hasPid ? { name: vm.vmId, state, ...vm } : { ...vm, name: null, state, vmId: null, pid: null };
+      }),
+      ...r.counterVms,
+    ],
     importer: r.importer,
     capture: r.capture,
     detector: r.detector,

@@ -55,6 +55,8 @@ export interface BpftraceImport {
   kvmfaultText: boolean;
   /** the traced host's kernel release, when the text's header says it */
   kernel: string | null;
+  /** per thread: the first and last line that made a record for it (at most 65536 threads) */
+  evidence: Map<number, { first: number; last: number; count: number }>;
 }
 
 export interface BpftraceImportOptions {
@@ -78,6 +80,10 @@ const FIELD_VALUE = /\s*(-?(?:0x)?[0-9a-fA-F]+)(?:\s*\(\s*(?:0x)?[0-9a-fA-F]+\s*
 /** Lines longer than this (in UTF-8 bytes) are skipped as "line too long" (the incident's are ~250). */
 export const MAX_LINE_BYTES = 16384;
 const QUOTE = /^\s*(?:>\s?)+/;
+/** A line without its mail quoting ("> ", ">> ", "> > ", ">" + tab) and surrounding blanks. */
+export function unquote(raw: string): string {
+  return raw.replace(QUOTE, '').trim();
+}
 const DAY_NS = 86400e9;
 /** threads whose hit counters are kept; past it the longest-known one is forgotten (memory bound) */
 const MAX_THREADS = 65536;
@@ -115,7 +121,7 @@ const isSpace = (c: number): boolean =>
  * value is hex or decimal, optionally followed by a "(hex)" that is dropped. One pass over the
  * text: each '=' looks back at most to the end of the previous field.
  */
-function scanFields(rest: string, fields: Map<string, string>): void {
+export function scanFields(rest: string, fields: Map<string, string>): void {
   fields.clear();
   let pos = 0; // the end of the previous field: keys start at or after it
   for (let eq = rest.indexOf('=', pos); eq >= 0; eq = rest.indexOf('=', eq + 1)) {
@@ -210,7 +216,7 @@ export class LineSplitter {
 }
 
 /** Bytes or text in pieces of about 1 MiB (text not split inside a surrogate pair). */
-function* pieces(input: string | Uint8Array, size = 1 << 20): Generator<string | Uint8Array> {
+export function* pieces(input: string | Uint8Array, size = 1 << 20): Generator<string | Uint8Array> {
   if (typeof input !== 'string') {
     for (let at = 0; at < input.length; at += size) yield input.subarray(at, at + size);
     return;
@@ -231,7 +237,7 @@ function* pieces(input: string | Uint8Array, size = 1 << 20): Generator<string |
 export function looksLikeBpftraceLog(input: string | Uint8Array, maxBytes = DETECT_BYTES): boolean {
   let found = false;
   const lines = new LineSplitter((text, length) => {
-    if (!found && length <= MAX_LINE_BYTES && HEAD.test(text.replace(QUOTE, '').trim())) found = true;
+    if (!found && length <= MAX_LINE_BYTES && HEAD.test(unquote(text))) found = true;
   });
   lines.push(typeof input === 'string' ? input.slice(0, maxBytes) : input.subarray(0, maxBytes));
   lines.end();
@@ -264,6 +270,7 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
   const fields = new Map<string, string>();
   let ownText = false; // kvmfault's own trace text: one record per line
   let kernel: string | null = null;
+  const evidence = new Map<number, { first: number; last: number; count: number }>();
 
   const skip = (line: number, raw: string, reason: string): void => {
     skipped++;
@@ -271,7 +278,7 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
   };
 
   const onLine = (raw: string, rawBytes: number, lineNo: number): void => {
-    const line = raw.replace(QUOTE, '').trim();
+    const line = unquote(raw);
     if (line === '') return;
     if (line.startsWith('#')) {
       if (line.startsWith(TEXT_HEADER_PREFIX)) {
@@ -386,6 +393,13 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
     if (hits >= 0) th.hits = Math.max(before, hits);
 
     const emit = (k: number, repeat: number): void => {
+      const ev = evidence.get(tid);
+      if (ev) {
+        ev.last = lineNo;
+        ev.count++;
+      } else if (evidence.size < MAX_THREADS) {
+        evidence.set(tid, { first: lineNo, last: lineNo, count: 1 });
+      }
       const r = writer.begin(k);
       writer.setU64(r, 'ts_ns', ts);
       writer.setU32(r, 'pid', pid);
@@ -452,7 +466,7 @@ export function createBpftraceImporter(options: BpftraceImportOptions = {}): Bpf
     end: () => {
       splitter.end();
       if (onBatch) handOver();
-      return { batch: writer.batch(), lines, records: handedOver + writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel };
+      return { batch: writer.batch(), lines, records: handedOver + writer.count, ignored, skipped, skippedLines, kvmfaultText: ownText, kernel, evidence };
     },
   };
 }

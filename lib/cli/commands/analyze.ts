@@ -19,8 +19,8 @@ function positiveNumber(name: string) {
 export function register(program: Command): void {
   program
     .command('analyze')
-    .description('classify every vCPU of a capture file or a bpftrace log: progressing, retrying or stuck (with cause and evidence)')
-    .argument('<file>', 'capture file (kvmfault record) or bpftrace text log in the incident format')
+    .description('classify every vCPU of a capture file or a text log (bpftrace, trace-cmd report, perf script, KVM counters): progressing, retrying or stuck (with cause and evidence)')
+    .argument('<file>', 'capture file (kvmfault record), or a text log: the incident\'s bpftrace output (v2/v3, uniq -c), `trace-cmd report`, `perf script`, debugfs counter snapshots; "-" reads standard input')
     .option('--json', 'print the report as JSON (a `vcpus` array with pid, tid, state, cause, gpa, attempts and evidence)')
     .option('--kernel <release>', "judge against this kernel release (the traced host's uname -r) instead of the capture's")
     .option('--stuck-attempts <n>', 'attempts on one gpa without progress before stuck (default 1000)', positiveNumber('--stuck-attempts'))
@@ -42,6 +42,6 @@ export function register(program: Command): void {
       // JSON.stringify escapes C0 controls; DEL, C1 and bidi overrides from the input are escaped too
       process.stdout.write(opts.json ? escapeJsonControl(JSON.stringify(reportJson(report), null, 2)) + '\n' : formatReport(report));
       const damaged = (report.capture?.damage.length ?? 0) > 0;
-      process.exitCode = report.stuck > 0 ? EXIT_PROBLEM : damaged ? EXIT_USAGE : EXIT_OK;
+      process.exitCode = report.stuck > 0 || report.stuckVms > 0 ? EXIT_PROBLEM : damaged ? EXIT_USAGE : EXIT_OK;
     });
 }
