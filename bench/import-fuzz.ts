@@ -15,6 +15,28 @@ import { readFileSync } from 'node:fs';
 import { analyzeStream } from '../lib/analyze';
 import { fuzzCheck, fuzzInput, fuzzRun, fuzzTargets } from '../test/helpers/importfuzz';
 import { fixturePath, prng } from '../test/helpers/scenarios';
+import { perfScriptText, traceCmdText } from '../test/helpers/textformats';
+import { Kind, RecordWriter } from '../lib/record';
+
+/** one vCPU re-faulting on one gpa for `seconds` (n faults), one progressing: records */
+function stuckTrace(n: number, seconds: number) {
+  const w = new RecordWriter(3 * n);
+  for (let k = 0; k < n; k++) {
+    const ts = 1000e9 + Math.round((k * seconds * 1e6) / n) * 1000;
+    for (const [kind, tid, gpa] of [[Kind.EXIT, 4242, -1], [Kind.FAULT, 4242, 0x1343fa0b0], [Kind.FAULT, 4241, 0x2000000 + k * 4096], [Kind.MAP, 4241, 0x2000000 + k * 4096]]) {
+      if (tid === 4241 && k % 4 !== 0) continue;
+      const r = w.begin(kind);
+      w.setU64(r, 'ts_ns', ts);
+      w.setU32(r, 'pid', 4200);
+      w.setU32(r, 'tid', tid);
+      w.setU32(r, 'vcpu_id', tid - 4241);
+      w.setU64(r, 'rip', 0xffffffff81234567n);
+      if (gpa >= 0) w.setU64(r, 'gpa', gpa);
+      if (kind === Kind.FAULT) w.setU64(r, 'error_code', 0x683);
+    }
+  }
+  return w.batch();
+}
 
 function arg(name: string, def: number): number {
   const i = process.argv.indexOf(name);
@@ -75,10 +97,13 @@ async function main(): Promise<void> {
   console.log(`\n## import speed: fixtures repeated to ~${mb} MiB, analysed as \`kvmfault analyze\` does (import + detector)\n`);
   console.log('| input | format | MiB | ms/MiB | verdicts |');
   console.log('|---|---|---|---|---|');
-  const files = ['stuck-seq-sign-extension.log', 'bpftrace-v2-stuck.log', 'bpftrace-v2-stuck.mail.log', 'bpftrace-uniq-c.txt', 'bpftrace-uniq-c.mail.txt',
+  const files = ['stuck-seq-sign-extension.log', 'stuck-seq-sign-extension.mail.log', 'bpftrace-v2-stuck.log', 'bpftrace-v2-stuck.mail.log', 'bpftrace-uniq-c.txt', 'bpftrace-uniq-c.mail.txt',
     'tracecmd-stuck-excerpt.txt', 'tracecmd-stuck-excerpt.mail.txt', 'perf-stuck-excerpt.txt', 'perf-stuck-excerpt.mail.txt', 'kvm-counters.txt', 'kvm-counters.mail.txt'];
-  for (const f of files) {
-    const one = readFileSync(fixturePath(f));
+  const generated = stuckTrace(Math.round(mb * 12000), 10);
+  const inputs: [string, Buffer][] = files.map((f) => [f, readFileSync(fixturePath(f))]);
+  inputs.push(['generated trace-cmd (1 vCPU stuck 10 s, 1 progressing)', Buffer.from(traceCmdText(generated))]);
+  inputs.push(['generated perf script (same)', Buffer.from(perfScriptText(generated))]);
+  for (const [f, one] of inputs) {
     const times = Math.max(1, Math.round((mb * 2 ** 20) / one.length));
     const chunks: Buffer[] = [];
     const big = Buffer.concat(Array.from({ length: Math.min(times, 4096) }, () => one));

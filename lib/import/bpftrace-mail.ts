@@ -7,7 +7,7 @@
  * passed at its first line and the lines it absorbed become blank, so the importer's line
  * numbers are the input's. '#' lines (kvmfault's own trace text header, comments) pass as they are.
  */
-import { BpftraceImport, BpftraceImporter, BpftraceImportOptions, createBpftraceImporter, importBpftraceLog, LineSplitter, MAX_LINE_BYTES, pieces, unquote } from './bpftrace';
+import { BpftraceImport, BpftraceImporter, BpftraceImportOptions, createBpftraceImporter, isCompleteBpftraceLine, LineSplitter, MAX_LINE_BYTES, pieces, unquote } from './bpftrace';
 import { cleanLine, isNoise } from './text';
 
 const HEAD = /^\d{1,2}:\d{2}:\d{2}[:.]\d{1,9} tid\[\d{1,20}\] pid\[\d{1,20}\] [A-Z]/;
@@ -16,13 +16,10 @@ const HEAD_PREFIX = /^\d{1,2}:\d{2}:\d{2}[:.]\d{1,9} tid\[/;
 const LOST = /\b(?:Lost (\d{1,15}) events?|\[LOST (\d{1,15}) EVENTS?\])/i;
 const MAX_JOIN = 8, MAX_ENTRY = 4096;
 /** what the rest of a wrapped line starts with: "key =", a number, "(", ":" or "," (the fields parse laxly: any tail would do) */
-export const V3_CONTINUATION = /^(?:hits?\)|[A-Za-z][\w -]{0,30}=|-?(?:0x)?[0-9a-fA-F]{1,18}(?:[\s,:)(]|$)|[(:,=])/;
+export const V3_CONTINUATION = /^(?:hits?\)|[A-Za-z][\w -]{0,30}=|-?(?:0x)?[0-9a-fA-F]{1,18}(?:[\s,)(]|$)|[(:,=])/;
 
-/** does this one line parse as a v3 entry */
-function parses(line: string): boolean {
-  const r = importBpftraceLog(line);
-  return r.skipped === 0 && r.lines === 1;
-}
+/** does this one line parse as a v3 entry (cheap: no records made) */
+const parses = isCompleteBpftraceLine;
 
 export interface MailBpftraceImport extends BpftraceImport {
   noise: number;

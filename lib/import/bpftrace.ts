@@ -141,6 +141,16 @@ export function scanFields(rest: string, fields: Map<string, string>): void {
   }
 }
 
+const HAS_GPA = /(?:^|[\s,:])gpa\s*=\s*(?:0x)?[0-9a-fA-F]/;
+const NO_GPA_KIND = /\]\s+(?:INVALIDATE|INVALIDATE_END|EXIT|ITER)\s+@/;
+/**
+ * Whether one cleaned line is a whole entry of this format (its head, and a gpa where its kind
+ * has one): cheap, no records made. Used to tell a wrapped line's join from a fragment.
+ */
+export function isCompleteBpftraceLine(line: string): boolean {
+  return line.length <= MAX_LINE_BYTES && HEAD.test(line) && (HAS_GPA.test(line) || NO_GPA_KIND.test(line));
+}
+
 /** Bytes (or characters of a string) looksLikeBpftraceLog reads at most. */
 export const DETECT_BYTES = 1 << 20;
 
