@@ -83,7 +83,9 @@ run_on_kernel() {
   case "$(realpath "$TREE")" in /tmp/*) share=(-w "$TREE") ;; esac
   local attempt note=""
   for attempt in 1 2; do
+    # kvm-keeper.py: one VM held for the whole run, so KVM never live-patches __schedule (see it)
     (cd "$TREE" && "$HERE/boot.sh" -k "$kdir" -m kvm_amd -t "$tmo" "${share[@]}" -e "KVMFAULT_KERNEL_LINE=$line" -- \
+       bash -c 'python3 "$0" & exec "$@"' "$HERE/kvm-keeper.py" \
        node --expose-gc node_modules/mocha/bin/mocha.js --no-config --reporter spec --timeout 120000 "${grep_args[@]}" \
        "$@") > "$RESULTS/$label.log" 2>&1
     rc=$?
