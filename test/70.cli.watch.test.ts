@@ -26,7 +26,8 @@ describe('70 CLI watch in a terminal and piped', function () {
       // redrawn in place: after 4 redraws the screen holds one header and one table per VM
       assert.equal((screen.match(/^kvmfault watch /gm) ?? []).length, 1, screen);
       assert.equal((screen.match(/^VM [0-9a-f]{16} pid \d+ \(node\)/gm) ?? []).length, 2, screen);
-      assert.match(screen, /^\s+\d+\s+0\s+\S+\s+(progressing|retrying)\s+\d+/m);
+      // TID, THREAD (the vCPU thread's name, '?' once it is gone), VCPU, FAULTS/S, STATE, ATTEMPTS
+      assert.match(screen, /^\s+\d+\s+\S+\s+0\s+\S+\s+(progressing|retrying)\s+\d+/m);
       assert.ok(!/stuck\s+\d+/.test(screen.replace(/0 stuck/g, '')), 'nothing stuck in the demo');
       assert.ok(!/\x1b\[/.test(screen), 'no raw escape codes visible');
     } finally {
@@ -50,7 +51,7 @@ describe('70 CLI watch in a terminal and piped', function () {
       const final = out.slice(out.indexOf('-- final'));
       assert.ok(out.includes('-- final'), out);
       assert.match(final, new RegExp(`^VM [0-9a-f]{16} pid ${w.pid} \\((node|\\?)\\)`, 'm'), out);
-      assert.match(final, new RegExp(`^  ${w.tids[0]}\\s+0\\s+\\S+\\s+(progressing|retrying)`, 'm'), out);
+      assert.match(final, new RegExp(`^  ${w.tids[0]}\\s+(kf-vcpu\\d+\\.\\d+|\\?)\\s+0\\s+\\S+\\s+(progressing|retrying)`, 'm'), out);
     } finally {
       w.running.child.kill('SIGINT');
       await w.running.exited;
