@@ -125,13 +125,7 @@ function hashRecordWords(w: Uint32Array, at: number): number {
     h = (h << 13) | (h >>> 19);
     h = (Math.imul(h, 5) + 0xe6546b64) | 0;
   }
-  h ^= RECORD_SIZE;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return fmix32(h ^ RECORD_SIZE);
 }
 
 /** murmur3 (x86, 32 bit) of any bytes. */
@@ -154,7 +148,11 @@ function hashBytes(b: Uint8Array, seed: number): number {
     k = (k << 15) | (k >>> 17);
     h ^= Math.imul(k, 0x1b873593);
   }
-  h ^= n;
+  return fmix32(h ^ n);
+}
+
+/** murmur3's finalizer: every input bit reaches every output bit. */
+function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
