@@ -47,11 +47,26 @@ export function checkRecord(batch: EventBatch, i: number): number {
   return seq;
 }
 
-/** Reads until `total` records arrived, each checked to be the next in sequence; returns the count. */
-export async function receiveInOrder(stream: AsyncIterable<EventBatch>, total: number): Promise<number> {
+/**
+ * Reads until `total` records arrived, each checked to be the next in sequence; returns the count.
+ * A record out of sequence fails with what it means: a gap is records the producer dropped (ring
+ * full) or lost, a step back is records delivered twice. `kernelStats` adds the producer's counts.
+ */
+export async function receiveInOrder(
+  stream: AsyncIterable<EventBatch>, total: number, kernelStats?: () => { submitted: number; dropped: number },
+): Promise<number> {
   let expected = 0;
   for await (const b of stream) {
-    for (let i = 0; i < b.length; i++) assert.equal(checkRecord(b, i), expected++);
+    for (let i = 0; i < b.length; i++) {
+      const seq = checkRecord(b, i);
+      if (seq !== expected) {
+        const k = kernelStats ? ` (producer: ${JSON.stringify(kernelStats())})` : '';
+        assert.fail(seq > expected
+          ? `records missing: got seq ${seq} where ${expected} was next, a gap of ${seq - expected}${k}`
+          : `records delivered twice: got seq ${seq} again after ${expected - 1}, ${expected - seq} back${k}`);
+      }
+      expected++;
+    }
     if (expected >= total) break;
   }
   return expected;
