@@ -134,16 +134,32 @@ export function readPrivileges(root = '/'): Privileges {
   };
 }
 
+/** What a /proc scan for VMMs found, and what it could not look at. */
+export interface VmScan {
+  vms: RunningVm[];
+  /**
+   * Processes whose fd table this process may not read (EACCES: another user's process without
+   * CAP_SYS_PTRACE). A VMM among them is invisible: "no VMs" is then not known.
+   */
+  unreadable: number;
+}
+
 /** Processes holding kvm-vm file descriptors (VMMs), with their vCPU fds and threads. */
 export function findRunningVms(options: { root?: string; excludePids?: number[] } = {}): RunningVm[] {
+  return scanRunningVms(options).vms;
+}
+
+/** findRunningVms, plus how many processes' fds could not be read (see VmScan.unreadable). */
+export function scanRunningVms(options: { root?: string; excludePids?: number[] } = {}): VmScan {
   const proc = path.join(options.root ?? '/', 'proc');
   const exclude = new Set(options.excludePids ?? []);
   const vms: RunningVm[] = [];
+  const scan: VmScan = { vms, unreadable: 0 };
   let entries: string[];
   try {
     entries = fs.readdirSync(proc);
   } catch {
-    return vms;
+    return scan;
   }
   for (const name of entries) {
     if (!/^\d+$/.test(name)) continue;
@@ -152,7 +168,8 @@ export function findRunningVms(options: { root?: string; excludePids?: number[] 
     let fds: string[];
     try {
       fds = fs.readdirSync(path.join(proc, name, 'fd'));
-    } catch {
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EACCES' || (e as NodeJS.ErrnoException).code === 'EPERM') scan.unreadable++;
       continue; // gone, or not ours to read
     }
     let vmFds = 0, vcpus = 0;
@@ -185,7 +202,13 @@ export function findRunningVms(options: { root?: string; excludePids?: number[] 
     }
     vms.push({ pid, comm: escapeControl((read(path.join(proc, name, 'comm')) ?? '?').trim()), name: vmNameFromArgv(argv), vmFds, vcpus, threads, vcpuThreads });
   }
-  return vms;
+  return scan;
+}
+
+/** One line for "no VM found" that does not claim more than the scan could see. */
+export function noVmsFound(scan: VmScan): string {
+  return scan.unreadable === 0 ? 'none'
+    : `none visible: the fds of ${scan.unreadable} other processes cannot be read without root (or CAP_SYS_PTRACE), so VMs they run are not seen`;
 }
 
 function probePoints(root: string): ProbePoints {
@@ -259,10 +282,12 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
 
   // privileges
   const privileges = readPrivileges(root);
-  const capsOk = privileges.euid === 0 || privileges.capSysAdmin || (privileges.capBpf && privileges.capPerfmon);
+  // capabilities decide, not the uid (the tracer checks the same): root with them dropped cannot trace
+  const capsOk = privileges.capEff === null ? privileges.euid === 0 : privileges.capSysAdmin || (privileges.capBpf && privileges.capPerfmon);
   add('privileges', 'privileges for BPF tracing', capsOk ? 'pass' : 'fail',
     `euid ${privileges.euid}, CapEff ${privileges.capEff ?? '?'} (CAP_BPF ${privileges.capBpf ? 'yes' : 'no'}, CAP_PERFMON ${privileges.capPerfmon ? 'yes' : 'no'}, CAP_SYS_ADMIN ${privileges.capSysAdmin ? 'yes' : 'no'})`,
-    capsOk ? '' : 'run as root (sudo kvmfault ...) or grant CAP_BPF and CAP_PERFMON');
+    capsOk ? '' : privileges.euid === 0 ? 'this root process has CAP_BPF / CAP_PERFMON dropped: run kvmfault with them kept (no --cap-drop, CapabilityBoundingSet= including them)'
+      : 'run as root (sudo kvmfault ...) or grant CAP_BPF and CAP_PERFMON');
 
   // BTF
   const vmlinuxPath = path.join(root, 'sys/kernel/btf/vmlinux');
@@ -332,11 +357,13 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   add('dev-kvm', '/dev/kvm', devKvm && accessible ? 'pass' : 'fail',
     devKvm ? `${accessible ? 'read-write' : 'present but not accessible'}; ${kvmHost.host}: ${kvmHost.detail}` : 'missing: KVM is not available on this host',
     !devKvm ? 'load KVM (modprobe kvm_intel or kvm_amd) or enable virtualisation in the firmware' : accessible ? '' : 'run as root or join the kvm group');
-  const vms = findRunningVms({ root, excludePids: [process.pid] });
-  add('vms', 'VMs running now (processes holding kvm-vm fds)', 'info',
-    vms.length === 0 ? 'none (`kvmfault demo` runs a built-in guest to show the live view)'
+  const vmScan = scanRunningVms({ root, excludePids: [process.pid] });
+  const vms = vmScan.vms;
+  add('vms', 'VMs running now (processes holding kvm-vm fds)', vms.length === 0 && vmScan.unreadable > 0 ? 'warn' : 'info',
+    vms.length === 0 ? `${noVmsFound(vmScan)} (\`kvmfault demo\` runs a built-in guest to show the live view)`
       : vms.map((v) => `pid ${v.pid} ${v.comm}${v.name ? ` "${v.name}"` : ''}: ${v.vmFds} VM(s), ${v.vcpus} vCPU(s), ${v.threads} threads` +
-        (v.vcpuThreads.length ? ` (${v.vcpuThreads.join(', ')})` : '')).join('; '));
+        (v.vcpuThreads.length ? ` (${v.vcpuThreads.join(', ')})` : '')).join('; '),
+    vms.length === 0 && vmScan.unreadable > 0 ? 'run doctor as root (sudo kvmfault doctor) to see every VM' : '');
 
   // invalidation sources
   const numaBalancing = readInt(path.join(root, 'proc/sys/kernel/numa_balancing'));

@@ -23,7 +23,9 @@ export async function openTracerForCli(options: TracerOptions, session: LiveSess
       if (process.env.KVMFAULT_DEBUG && e.libbpfLog) process.stderr.write(e.libbpfLog + '\n');
       const first = e.message.split('\n')[0];
       const remedy = REMEDY[e.code];
-      throw new CliError(`cannot trace: ${first}${remedy && !first.includes(remedy) ? ` (${remedy})` : ''}`, EXIT_USAGE);
+      // the capability check names its own remedy (grant them, or keep them): do not add "run as root"
+      const saysRemedy = !remedy || first.includes(remedy) || (e.code === 'EPERM' && first.includes('CapEff'));
+      throw new CliError(`cannot trace: ${first}${saysRemedy ? '' : ` (${remedy})`}`, EXIT_USAGE);
     }
     throw e;
   }

@@ -8,7 +8,7 @@
  * the demo when there are none.
  */
 import type { Command } from 'commander';
-import { findRunningVms } from '../../doctor';
+import { noVmsFound, scanRunningVms } from '../../doctor';
 import { escapeControl } from '../../escape';
 import { runWorkload, WorkloadError, WorkloadResult } from '../../workload';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
@@ -91,14 +91,17 @@ With no command, kvmfault watches the VMs running on this host, or runs the demo
     .allowExcessArguments(true)
     .action(async (_opts: unknown, cmd: Command) => {
       if (cmd.args.length > 0) throw new CliError(`unknown command "${cmd.args[0]}" (kvmfault --help lists the commands)`, EXIT_USAGE);
-      const vms = findRunningVms({ excludePids: [process.pid] });
+      const scan = scanRunningVms({ excludePids: [process.pid] });
+      const vms = scan.vms;
       const session = startSession({ durationS: vms.length ? undefined : DEFAULT_DURATION_S });
       try {
         if (vms.length > 0) {
           process.stderr.write(`kvmfault: ${vms.length} VMM process(es) running (${vms.map((v) => `${escapeControl(v.comm)} pid ${v.pid}`).join(', ')}): watching them (Ctrl-C stops)\n`);
           process.exitCode = (await runWatch({ mode: 'auto' }, session)).exitCode;
         } else {
-          process.stderr.write('kvmfault: no VMs run on this host (no process holds a kvm-vm fd): running the built-in demo instead\n');
+          process.stderr.write(scan.unreadable === 0
+            ? 'kvmfault: no VMs run on this host (no process holds a kvm-vm fd): running the built-in demo instead\n'
+            : `kvmfault: no VM visible to this user (${noVmsFound(scan).replace(/^none visible: /, '')}; run as root): running the built-in demo instead\n`);
           process.exitCode = await runDemo({ duration: DEFAULT_DURATION_S, mode: 'auto' }, session);
         }
       } finally {
