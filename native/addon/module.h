@@ -22,6 +22,10 @@ struct Registrar {
 // The hint says what to do (e.g. "run as root").
 void ThrowErrno(Napi::Env env, const std::string& what, int err, const std::string& hint = "");
 
+// Why this process may not load BPF tracing programs (names the missing capabilities and what
+// to do), or "" when it may: CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN; not the uid.
+std::string MissingBpfCapabilities();
+
 // Runs an object's release when the Node environment exits (process or worker), so no BPF link,
 // fd or mapping outlives it. The owner calls Disarm() when it released itself first; a hook
 // being run is not removed again. Owned by a heap object (an ObjectWrap): its address is the key.

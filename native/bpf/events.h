@@ -78,4 +78,45 @@ static_assert(sizeof(struct kvmfault_event) == KVMFAULT_EVENT_SIZE, "record size
 _Static_assert(sizeof(struct kvmfault_event) == KVMFAULT_EVENT_SIZE, "record size");
 #endif
 
+/*
+ * KVM's own per-vCPU statistics (struct kvm_vcpu_stat, the numbers debugfs and KVM_GET_STATS_FD
+ * show), as the counters iterator (kvmcounters.bpf.c) reads them for every vCPU on the host: one
+ * struct kvmfault_vcpu_counters per vCPU file descriptor per sample. A statistic this kernel does
+ * not have is KF_UNKNOWN_U64. Index values are stable (lib/counters.ts names them).
+ */
+enum kvmfault_vcpu_stat {
+	KF_STAT_PF_TAKEN = 0,             /* page faults KVM handled (every retry counts) */
+	KF_STAT_PF_FIXED = 1,             /* ... that installed a mapping */
+	KF_STAT_PF_EMULATE = 2,           /* ... sent to the instruction emulator */
+	KF_STAT_PF_SPURIOUS = 3,          /* ... found the mapping already there */
+	KF_STAT_PF_FAST = 4,              /* ... fixed by the lockless fast path */
+	KF_STAT_PF_MMIO_SPTE_CREATED = 5, /* ... made an MMIO spte */
+	KF_STAT_PF_GUEST = 6,             /* ... reflected to the guest (shadow paging) */
+	KF_STAT_EXITS = 7,
+	KF_STAT_IO_EXITS = 8,
+	KF_STAT_MMIO_EXITS = 9,
+	KF_STAT_HALT_EXITS = 10,
+	KF_STAT_INSN_EMULATION = 11,
+	KF_STAT_COUNT = 12,
+};
+
+struct kvmfault_vcpu_counters {
+	__u32 pid;          /* VMM process (tgid) holding the vCPU fd */
+	__u32 fd;           /* the vCPU's file descriptor in that process */
+	__u32 vcpu_id;      /* vcpu->vcpu_id */
+	__u32 tid;          /* the vCPU's thread (vcpu->pid), 0 before its first KVM_RUN */
+	__u64 vm_id;        /* the struct kvm pointer, hashed with the iterator's own key */
+	__u64 mmu_seq;      /* the VM's mmu_invalidate_seq (mmu_notifier_seq before 6.3) */
+	__s64 in_progress;  /* the VM's mmu_invalidate_in_progress */
+	__u64 stat[KF_STAT_COUNT];
+};
+
+#define KVMFAULT_VCPU_COUNTERS_SIZE 136
+
+#if defined(__cplusplus)
+static_assert(sizeof(struct kvmfault_vcpu_counters) == KVMFAULT_VCPU_COUNTERS_SIZE, "counters size");
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(sizeof(struct kvmfault_vcpu_counters) == KVMFAULT_VCPU_COUNTERS_SIZE, "counters size");
+#endif
+
 #endif /* KVMFAULT_EVENTS_H */

@@ -111,6 +111,19 @@ static __always_inline void kvm_invalidate_state(struct kvm *kvm, __u64 *seq, __
 	}
 }
 
+/* Keyed mix of the struct kvm pointer (splitmix64 finaliser): stable per VM for one loaded
+ * object, not invertible to the pointer without that object's random key. */
+static __always_inline __u64 kf_vm_hash(__u64 kvm, __u64 key)
+{
+	__u64 x = kvm ^ key;
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
 /* A struct kvm_page_fault copied whole (80 bytes on 6.18) with one read into buf; the fields are
  * then read from the copy through a struct kvm_page_fault pointer, so each access is still
  * relocated against the kernel's layout. NULL when the struct is larger than the buffer. */

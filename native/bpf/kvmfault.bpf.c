@@ -125,17 +125,9 @@ __u64 kf_emulator_walks = 0;
 
 /* ---- record helpers ------------------------------------------------------------------------ */
 
-/* Keyed mix of the struct kvm pointer (splitmix64 finaliser): stable per VM for this tracer,
- * not invertible to the pointer without the per-tracer key. */
 static __always_inline __u64 vm_hash(__u64 kvm)
 {
-	__u64 x = kvm ^ vm_id_key;
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	x ^= x >> 31;
-	return x;
+	return kf_vm_hash(kvm, vm_id_key);
 }
 
 /* Every field unknown, identity of the current thread filled in. Returns false when the

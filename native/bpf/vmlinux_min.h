@@ -97,11 +97,63 @@ struct kvm_vcpu_arch {
 	u32 regs_avail;
 };
 
+/* the statistics the counters iterator reads (kvmcounters.bpf.c); same names since v5.13 */
+struct kvm_vcpu_stat {
+	u64 pf_taken;
+	u64 pf_fixed;
+	u64 pf_emulate;
+	u64 pf_spurious;
+	u64 pf_fast;
+	u64 pf_mmio_spte_created;
+	u64 pf_guest;
+	u64 exits;
+	u64 io_exits;
+	u64 mmio_exits;
+	u64 halt_exits;
+	u64 insn_emulation;
+};
+
+struct upid {
+	int nr;
+};
+struct pid {
+	struct upid numbers[1];
+};
+
 struct kvm_vcpu {
 	struct kvm *kvm;
 	struct preempt_notifier preempt_notifier;
 	int vcpu_id;
+	struct pid *pid;
 	struct kvm_vcpu_arch arch;
+	struct kvm_vcpu_stat stat;
+};
+
+/* include/linux/fs.h, dcache.h: a vCPU fd is an anon-inode file named "kvm-vcpu:<id>" */
+struct qstr {
+	const unsigned char *name;
+};
+struct dentry {
+	struct qstr d_name;
+};
+struct path {
+	struct dentry *dentry;
+};
+struct file {
+	struct path f_path;
+	void *private_data;
+};
+
+/* kernel/bpf/task_iter.c: the context of an iter/task_file program */
+struct seq_file;
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	u32 fd;
+	struct file *file;
 };
 
 /* arch/x86/kvm/mmu/mmu_internal.h (6.18 shape; older shapes in kvm_core.bpf.h) */

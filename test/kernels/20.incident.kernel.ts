@@ -22,6 +22,7 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import type { Verdict, VmForecast } from '../../lib/detector';
 import { openTracer, TracerError, TracerMode } from '../../lib/tracer';
+import { CounterWatch, openCounterSource, VmCounterView } from '../../lib/counters';
 
 const LINE = process.env.KVMFAULT_KERNEL_LINE ?? '';
 const VARIANT = /-bug$/.test(LINE) ? 'bug' : /-fixed$/.test(LINE) ? 'fixed' : null;
@@ -302,6 +303,63 @@ describe(`incident kernel ${LINE || '(no line)'} on ${release()}`, function () {
     try {
       assert.equal(Number(readFileSync(PARAM, 'utf8').trim()), START_SEQ);
     } finally {
+      writeFileSync(PARAM, '0');
+    }
+  });
+});
+
+// KVM's own counters, no tracer: the fleet view (lib/counters.ts). Bug kernel: once the sequence
+// crosses 0x80000000 the vCPU's pf_taken climbs with pf_fixed flat, so the VM turns suspect from
+// counters alone, and the iterator reads the sequence itself. Fixed kernel: never suspect.
+describe(`incident kernel ${LINE || '(no line)'}: KVM's counters alone (BPF task_file iterator, no tracer)`, function () {
+  this.timeout(180_000);
+  before(requireIncidentKernel);
+
+  it(VARIANT === 'bug' ? 'the stuck VM turns suspect from counters alone, its sequence read past 0x80000000'
+    : 'the VM never turns suspect while its sequence crosses 0x80000000 and every run completes', async () => {
+    const source = openCounterSource('bpf-iter');
+    const watch = new CounterWatch({ minAttempts: 200 });
+    writeFileSync(PARAM, String(START_SEQ));
+    let wl: Child | null = null;
+    try {
+      wl = cli(['workload', '--size-mib', '2', '--runs', String(RUNS), '--invalidate', 'between', '--json']);
+      const t0 = monoNs();
+      let suspect: { view: VmCounterView; ms: number } | null = null;
+      let maxSeq = -1, samples = 0, sampleMs = 0;
+      const mine = (vm: VmCounterView): boolean => vm.pid === wl!.proc.pid;
+      for (;;) {
+        const done = await Promise.race([wl.exited.then(() => true), sleep(500).then(() => false)]);
+        const s0 = monoNs();
+        const view = watch.update(source.sample());
+        sampleMs += (monoNs() - s0) / 1e6;
+        samples++;
+        for (const vm of view.vms.filter(mine)) {
+          if (vm.mmuSeq !== null) maxSeq = Math.max(maxSeq, vm.mmuSeq);
+          if (vm.suspect && !suspect) suspect = { view: vm, ms: (monoNs() - t0) / 1e6 };
+        }
+        if (done || (VARIANT === 'bug' && suspect) || (monoNs() - t0) / 1e6 > WORKLOAD_TIMEOUT_MS) break;
+      }
+      const exit = await end(wl);
+      let parsed: WorkloadJson | null = null;
+      try { parsed = JSON.parse(wl.stdout.join('\n')) as WorkloadJson; } catch { /* killed: no result */ }
+      report('counters', { suspectAfterMs: suspect?.ms ?? null, maxSeq: maxSeq >= 0 ? hex(maxSeq) : null, samples,
+        msPerSample: samples ? sampleMs / samples : null, suspectVcpus: suspect?.view.vcpus.filter((v) => v.suspect).map((v) => ({ tid: v.tid, pfTaken: v.stats.pf_taken, pfFixed: v.stats.pf_fixed, retried: v.retriedInInterval })) ?? [],
+        workloadExit: exit, runs: parsed?.runs.length ?? null });
+      if (VARIANT === 'bug') {
+        assert.ok(suspect, `no VM of pid ${wl.proc.pid} turned suspect in ${samples} samples (max sequence seen ${hex(maxSeq)})`);
+        assert.ok(suspect.view.mmuSeq !== null && suspect.view.mmuSeq >= SIGN_BIT, `suspect VM's sequence ${suspect.view.mmuSeq} is below 0x80000000`);
+        assert.equal(suspect.view.secondsToSignBit, 0);
+        const stuck = suspect.view.vcpus.find((v) => v.suspect)!;
+        assert.ok(stuck.tid !== null, 'the suspect vCPU has no thread id');
+        assert.ok((stuck.retriedInInterval ?? 0) >= 200, `only ${stuck.retriedInInterval} retried faults in the interval`);
+      } else {
+        assert.equal(suspect, null, `the VM turned suspect on the fixed kernel: ${JSON.stringify(suspect?.view)}`);
+        assert.equal(parsed?.runs.length, RUNS, `the workload completed ${parsed?.runs.length} of ${RUNS} runs (exit ${JSON.stringify(exit)})`);
+        assert.ok(maxSeq >= SIGN_BIT, `the iterator never read a sequence past 0x80000000 (max ${hex(maxSeq)})`);
+      }
+    } finally {
+      if (wl) await end(wl, 2000);
+      source.close();
       writeFileSync(PARAM, '0');
     }
   });

@@ -1,0 +1,150 @@
+// counters.cc - KVM's per-vCPU statistics for every VM on the host through the task_file
+// iterator in native/bpf/kvmcounters.bpf.c, exported as `native().KvmCounters` and the record
+// layout as `native().counters`.
+//
+//   new KvmCounters()  loads and attaches the iterator (throws Error with .code: EPERM, NO_KVM,
+//                      LOAD_FAILED, ATTACH_FAILED)
+//   sample()           -> Buffer of struct kvmfault_vcpu_counters, one per vCPU fd on the host
+//                         (runs the iterator once: the only time any of this costs CPU)
+//   close()            idempotent; detaches and frees the program
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "events.h"
+#include "kvmcounters.skel.h"
+#include "module.h"
+
+namespace {
+
+Napi::Value ThrowCode(Napi::Env env, const char* code, int err, const std::string& msg) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  if (err) e.Set("errno", Napi::Number::New(env, err < 0 ? -err : err));
+  e.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+class KvmCounters : public Napi::ObjectWrap<KvmCounters> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "KvmCounters", {
+        InstanceMethod("sample", &KvmCounters::Sample),
+        InstanceMethod("close", &KvmCounters::Close),
+    });
+  }
+
+  KvmCounters(const Napi::CallbackInfo& info) : Napi::ObjectWrap<KvmCounters>(info) {
+    Napi::Env env = info.Env();
+    std::string denied = kvmfault::MissingBpfCapabilities();
+    if (!denied.empty()) {
+      ThrowCode(env, "EPERM", EPERM, denied);
+      return;
+    }
+    skel_ = kvmcounters_bpf__open();
+    if (!skel_) {
+      ThrowCode(env, "LOAD_FAILED", errno, std::string("cannot open the counters BPF object: ") + strerror(errno));
+      return;
+    }
+    uint64_t key = 0;
+    if (getrandom(&key, sizeof key, 0) != sizeof key) key = (uint64_t)time(nullptr) * 0x9e3779b97f4a7c15ULL;
+    skel_->rodata->vm_id_key = key;
+    int err = kvmcounters_bpf__load(skel_);
+    if (err) {
+      Destroy();
+      err = err < 0 ? -err : err;
+      // CO-RE cannot find struct kvm_vcpu when KVM is not loaded: libbpf reports ESRCH/ENOENT
+      if (err == ESRCH || err == ENOENT)
+        ThrowCode(env, "NO_KVM", err, "KVM's types are not in this kernel's BTF (is the kvm module loaded? modprobe kvm_intel or kvm_amd)");
+      else
+        ThrowCode(env, err == EPERM || err == EACCES ? "EPERM" : "LOAD_FAILED", err,
+                  std::string("the counters iterator failed to load: ") + strerror(err) +
+                      " (needs kernel 5.8+ with BPF iterators and BTF; KVMFAULT_DEBUG=1 shows libbpf's log)");
+      return;
+    }
+    link_ = bpf_program__attach_iter(skel_->progs.kvm_vcpu_counters, nullptr);
+    if (!link_) {
+      int e = errno;
+      Destroy();
+      ThrowCode(env, "ATTACH_FAILED", e, std::string("cannot attach the task_file iterator: ") + strerror(e));
+      return;
+    }
+    exitHook_.Arm(env, [](void* self) { static_cast<KvmCounters*>(self)->Destroy(); }, this);
+  }
+
+  ~KvmCounters() override { Destroy(); }
+
+ private:
+  Napi::Value Sample(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!link_) return ThrowCode(env, "ECLOSED", EBADF, "KvmCounters is closed");
+    int fd = bpf_iter_create(bpf_link__fd(link_));
+    if (fd < 0) return ThrowCode(env, "EITER", errno, std::string("cannot start the iterator: ") + strerror(errno));
+    buf_.clear();
+    char chunk[1 << 14];
+    for (;;) {
+      ssize_t n = read(fd, chunk, sizeof chunk);
+      if (n > 0) {
+        buf_.insert(buf_.end(), chunk, chunk + n);
+      } else if (n == 0) {
+        break;
+      } else if (errno != EINTR) {
+        // EAGAIN: the kernel restarts an iteration that raced a process exit; take it again
+        int e = errno;
+        close(fd);
+        return ThrowCode(env, "EITER", e, std::string("reading the iterator failed: ") + strerror(e));
+      }
+    }
+    close(fd);
+    return Napi::Buffer<char>::Copy(env, buf_.data(), buf_.size());
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Destroy();
+    return info.Env().Undefined();
+  }
+
+  void Destroy() {
+    exitHook_.Disarm();
+    if (link_) bpf_link__destroy(link_);
+    link_ = nullptr;
+    if (skel_) kvmcounters_bpf__destroy(skel_);
+    skel_ = nullptr;
+  }
+
+  kvmcounters_bpf* skel_ = nullptr;
+  bpf_link* link_ = nullptr;
+  std::vector<char> buf_;
+  kvmfault::EnvExitHook exitHook_;
+};
+
+Napi::Object InitCounters(Napi::Env env, Napi::Object exports) {
+  exports.Set("KvmCounters", KvmCounters::Define(env));
+  Napi::Object off = Napi::Object::New(env);
+#define F(name) off.Set(#name, Napi::Number::New(env, offsetof(struct kvmfault_vcpu_counters, name)))
+  F(pid); F(fd); F(vcpu_id); F(tid); F(vm_id); F(mmu_seq); F(in_progress); F(stat);
+#undef F
+  Napi::Object stats = Napi::Object::New(env);
+#define S(name) stats.Set(#name, Napi::Number::New(env, KF_STAT_##name))
+  S(PF_TAKEN); S(PF_FIXED); S(PF_EMULATE); S(PF_SPURIOUS); S(PF_FAST); S(PF_MMIO_SPTE_CREATED);
+  S(PF_GUEST); S(EXITS); S(IO_EXITS); S(MMIO_EXITS); S(HALT_EXITS); S(INSN_EMULATION);
+#undef S
+  Napi::Object layout = Napi::Object::New(env);
+  layout.Set("size", Napi::Number::New(env, sizeof(struct kvmfault_vcpu_counters)));
+  layout.Set("offsets", off);
+  layout.Set("stats", stats);
+  layout.Set("statCount", Napi::Number::New(env, KF_STAT_COUNT));
+  exports.Set("counters", layout);
+  return exports;
+}
+
+}  // namespace
+
+KVMFAULT_REGISTER(counters, InitCounters);
