@@ -29,9 +29,12 @@
  * Version 1 files (16-byte "KFCK" chunk headers, one checksum per chunk, no end marker) are still
  * read; of a damaged version 1 chunk nothing is handed out.
  */
-import { promises as fsp, openSync, writeSync, fsyncSync, closeSync } from 'node:fs';
+import { promises as fsp, openSync, readFileSync, writeSync, fsyncSync, closeSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
 import { EventBatch, RECORD_OFFSETS, RECORD_SIZE, RECORD_VERSION, RecordBatch } from './record';
+import { retPfTable } from './detector';
+import { monotonicEpochMs } from './format';
+import { hostKernel } from './kernels';
 
 export const CAPTURE_MAGIC = 'KVMFCAP\0';
 /** The version this kvmfault writes; it reads this one and version 1. */
@@ -80,6 +83,31 @@ export interface CaptureMeta {
   retPf?: Record<string, number>;
   /** the attach mode, or any other note the writer wants to keep */
   [key: string]: unknown;
+}
+
+/**
+ * The metadata of a capture written live from a tracer (`record`, escalations): the host kernel
+ * and how it was judged, the kernel's RET_PF_* table, the attach mode, the clock anchor.
+ */
+export function liveCaptureMeta(tracer: { retPf: Readonly<Record<string, number>>; mode: string; rangeIsGfn: boolean },
+  o: { pid?: number | null; coalesce?: boolean } = {}): Omit<CaptureMeta, 'startTimeMs' | 'recordVersion'> {
+  let procVersion: string | undefined;
+  try {
+    procVersion = readFileSync('/proc/version', 'utf8').trim();
+  } catch {
+    /* optional metadata */
+  }
+  return {
+    hostKernel: hostKernel().release,
+    procVersion,
+    staleCheck: hostKernel().btf,
+    bootTimeMs: monotonicEpochMs(),
+    retPf: { ...retPfTable(tracer.retPf) },
+    mode: tracer.mode,
+    rangeIsGfn: tracer.rangeIsGfn,
+    pid: o.pid ?? null,
+    coalesce: !!o.coalesce,
+  };
 }
 
 export interface CaptureField {

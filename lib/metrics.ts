@@ -15,6 +15,8 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import type { StaleFaultDetector } from './detector';
 import type { KernelInfo } from './kernels';
 import type { TracerStats } from './tracer';
+import { CounterSourceKind, CounterView, KVM_STATS, VcpuCounterView, VmCounterView } from './counters';
+import type { Escalator } from './escalate';
 
 export interface FaultMetricsOptions {
   detector: StaleFaultDetector;
@@ -70,6 +72,41 @@ export function metricsRequestListener(registry: Registry): (req: IncomingMessag
   };
 }
 
+/** One VM's invalidation sequence as both exporters see it. */
+interface VmSequence {
+  vm: string;
+  pid: number;
+  seq: number | null;
+  ratePerSec: number | null;
+  secondsToSignBit: number | null;
+}
+
+/** The per-VM sequence gauges, the same names in both modes (the alert rules use them). */
+function vmSequenceGauges(r: Registry[], read: () => VmSequence[]): void {
+  new Gauge({ name: 'kvmfault_vm_mmu_invalidate_seq', help: "the VM's mmu_invalidate_seq (latest seen)", labelNames: VM_LABELS, registers: r,
+    collect() {
+      this.reset();
+      for (const vm of read()) if (vm.seq !== null) this.set({ vm: vm.vm, pid: String(vm.pid) }, vm.seq);
+    } });
+  new Gauge({ name: 'kvmfault_vm_invalidation_rate', help: 'sequence increments (invalidations) per second, recent window', labelNames: VM_LABELS, registers: r,
+    collect() {
+      this.reset();
+      for (const vm of read()) if (vm.ratePerSec !== null) this.set({ vm: vm.vm, pid: String(vm.pid) }, vm.ratePerSec);
+    } });
+  new Gauge({ name: 'kvmfault_vm_seconds_to_sign_bit', help: 'seconds until the sequence reaches 0x80000000 at the current rate (0: already crossed; absent: unknown)', labelNames: VM_LABELS, registers: r,
+    collect() {
+      this.reset();
+      for (const vm of read()) if (vm.secondsToSignBit !== null) this.set({ vm: vm.vm, pid: String(vm.pid) }, vm.secondsToSignBit);
+    } });
+}
+
+function kernelGauge(r: Registry[], kernel: FaultMetricsOptions['kernel']): void {
+  new Gauge({ name: 'kvmfault_kernel_affected', help: 'the running kernel has the is_page_fault_stale sign-extension bug: 1 yes, 0 no, -1 unknown', labelNames: ['release', 'decided_by'], registers: r,
+    collect() {
+      this.set({ release: kernel.release, decided_by: kernel.decidedBy ?? 'none' }, kernel.affected === true ? 1 : kernel.affected === false ? 0 : -1);
+    } });
+}
+
 export class FaultMetrics {
   readonly registry = new Registry();
 
@@ -119,27 +156,11 @@ export class FaultMetrics {
       } });
 
     // per VM
-    new Gauge({ name: 'kvmfault_vm_mmu_invalidate_seq', help: "the VM's mmu_invalidate_seq (latest seen)", labelNames: VM_LABELS, registers: r,
-      collect() {
-        this.reset();
-        for (const vm of forecast()) if (vm.seq !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, parseInt(vm.seq, 16));
-      } });
-    new Gauge({ name: 'kvmfault_vm_invalidation_rate', help: 'sequence increments (invalidations) per second, recent window', labelNames: VM_LABELS, registers: r,
-      collect() {
-        this.reset();
-        for (const vm of forecast()) if (vm.ratePerSec !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.ratePerSec);
-      } });
-    new Gauge({ name: 'kvmfault_vm_seconds_to_sign_bit', help: 'seconds until the sequence reaches 0x80000000 at the current rate (0: already crossed; absent: unknown)', labelNames: VM_LABELS, registers: r,
-      collect() {
-        this.reset();
-        for (const vm of forecast()) if (vm.secondsToSignBit !== null) this.set({ vm: vm.vmId, pid: String(vm.pid) }, vm.secondsToSignBit);
-      } });
+    vmSequenceGauges(r, () => forecast().map((vm) => ({ vm: vm.vmId, pid: vm.pid, seq: vm.seq === null ? null : parseInt(vm.seq, 16),
+      ratePerSec: vm.ratePerSec, secondsToSignBit: vm.secondsToSignBit })));
 
     // the host and the tracer
-    new Gauge({ name: 'kvmfault_kernel_affected', help: 'the running kernel has the is_page_fault_stale sign-extension bug: 1 yes, 0 no, -1 unknown', labelNames: ['release', 'decided_by'], registers: r,
-      collect() {
-        this.set({ release: o.kernel.release, decided_by: o.kernel.decidedBy ?? 'none' }, o.kernel.affected === true ? 1 : o.kernel.affected === false ? 0 : -1);
-      } });
+    kernelGauge(r, o.kernel);
     new Gauge({ name: 'kvmfault_tracer_info', help: 'the attach mode in use', labelNames: ['mode'], registers: r,
       collect() {
         this.set({ mode: o.mode }, 1);
@@ -172,6 +193,97 @@ export class FaultMetrics {
       collect() {
         this.reset();
         for (const p of o.tracerStats().programs) if (p.runCount > 0) this.set({ program: p.name }, p.runTimeNs / p.runCount);
+      } });
+  }
+}
+
+export interface CounterMetricsOptions {
+  /** the latest counter view (CounterWatch.update), null before the first sample */
+  view: () => CounterView | null;
+  source: CounterSourceKind;
+  kernel: FaultMetricsOptions['kernel'];
+  /** samples taken, and the CPU time of the last one (seconds) */
+  sampling: () => { samples: number; lastSampleSeconds: number };
+  escalator?: Escalator | null;
+}
+
+/**
+ * Prometheus metrics of KVM's own counters for every VM (`kvmfault metrics`, counters mode):
+ * KVM's statistics per vCPU as counters, the suspect state per vCPU and VM, the sequence gauges
+ * (from the iterator), and the escalations' verdicts when --escalate is on. Read from the latest
+ * sample at scrape time: a scrape costs no kernel work.
+ */
+export class CounterMetrics {
+  readonly registry = new Registry();
+
+  constructor(o: CounterMetricsOptions) {
+    const r = [this.registry];
+    const vcpus = (): { vm: VmCounterView; v: VcpuCounterView }[] => (o.view()?.vms ?? []).flatMap((vm) => vm.vcpus.map((v) => ({ vm, v })));
+    const vcpuLabels = (v: VcpuCounterView) => ({ vm: v.vmId, pid: String(v.pid), tid: v.tid === null ? '' : String(v.tid), vcpu: v.vcpuId === null ? '' : String(v.vcpuId) });
+    for (const stat of KVM_STATS) {
+      new Counter({ name: `kvmfault_kvm_${stat}_total`, help: `KVM's own ${stat} statistic of the vCPU (struct kvm_vcpu_stat; per VM from debugfs)`, labelNames: VCPU_LABELS, registers: r,
+        collect() {
+          this.reset();
+          for (const { v } of vcpus()) if (v.stats[stat] !== null) this.inc(vcpuLabels(v), v.stats[stat]!);
+        } });
+    }
+    new Gauge({ name: 'kvmfault_vcpu_suspect', help: 'KVM took faults for the vCPU in the last interval and none was fixed, emulated or spurious (1), else 0', labelNames: VCPU_LABELS, registers: r,
+      collect() {
+        this.reset();
+        for (const { v } of vcpus()) this.set(vcpuLabels(v), v.suspect ? 1 : 0);
+      } });
+    new Gauge({ name: 'kvmfault_vm_suspect', help: 'a vCPU of the VM is suspect (1), else 0', labelNames: [...VM_LABELS, 'name'], registers: r,
+      collect() {
+        this.reset();
+        for (const vm of o.view()?.vms ?? []) this.set({ vm: vm.vmId, pid: String(vm.pid), name: vm.name ?? '' }, vm.suspect ? 1 : 0);
+      } });
+    new Gauge({ name: 'kvmfault_suspect_vms', help: 'VMs suspect now', registers: r,
+      collect() {
+        this.set(o.view()?.suspectVms ?? 0);
+      } });
+    vmSequenceGauges(r, () => (o.view()?.vms ?? []).map((vm) => ({ vm: vm.vmId, pid: vm.pid, seq: vm.mmuSeq, ratePerSec: vm.seqRatePerSec, secondsToSignBit: vm.secondsToSignBit })));
+    kernelGauge(r, o.kernel);
+    new Gauge({ name: 'kvmfault_counters_info', help: 'where the counters come from: bpf-iter (every vCPU, works under lockdown) or debugfs (per VM)', labelNames: ['source'], registers: r,
+      collect() {
+        this.set({ source: o.source }, 1);
+      } });
+    new Counter({ name: 'kvmfault_counters_samples_total', help: 'counter samples taken', registers: r,
+      collect() {
+        this.reset();
+        this.inc(o.sampling().samples);
+      } });
+    new Gauge({ name: 'kvmfault_counters_sample_seconds', help: 'time the last sample took (the whole cost of counters mode per interval)', registers: r,
+      collect() {
+        this.set(o.sampling().lastSampleSeconds);
+      } });
+    const esc = o.escalator;
+    if (!esc) return;
+    new Counter({ name: 'kvmfault_escalations_total', help: 'escalations: the tracer attached to a suspect VMM for a bounded time', labelNames: ['result'], registers: r,
+      collect() {
+        this.reset();
+        this.inc({ result: 'started' }, esc.stats.started);
+        this.inc({ result: 'finished' }, esc.stats.finished);
+        this.inc({ result: 'failed' }, esc.stats.failed);
+        this.inc({ result: 'skipped_busy' }, esc.stats.skippedBusy);
+        this.inc({ result: 'skipped_cooldown' }, esc.stats.skippedCooldown);
+      } });
+    new Gauge({ name: 'kvmfault_escalation_active', help: 'pid of the VMM being traced now (absent when none)', registers: r,
+      collect() {
+        this.reset();
+        if (esc.active !== null) this.set(esc.active);
+      } });
+    new Gauge({ name: 'kvmfault_escalation_verdict', help: "the last escalation's verdict per VMM (its worst vCPU): 1, labelled with state, cause, gpa and the VM's sequence", labelNames: ['pid', 'name', 'state', 'cause', 'decided_by', 'tid', 'vcpu', 'gpa', 'seq'], registers: r,
+      collect() {
+        this.reset();
+        for (const res of esc.results.values()) {
+          this.set({ pid: String(res.pid), name: res.vmName ?? '', state: res.state, cause: res.cause ?? '', decided_by: res.decidedBy ?? '',
+            tid: res.tid === null ? '' : String(res.tid), vcpu: res.vcpu === null ? '' : String(res.vcpu), gpa: res.gpa ?? '', seq: res.seq ?? '' }, 1);
+        }
+      } });
+    new Gauge({ name: 'kvmfault_escalation_timestamp_seconds', help: 'when the last escalation of the VMM ended (unix time)', labelNames: ['pid'], registers: r,
+      collect() {
+        this.reset();
+        for (const res of esc.results.values()) this.set({ pid: String(res.pid) }, res.endedAtMs / 1000);
       } });
   }
 }

@@ -1,5 +1,7 @@
 /** Helpers for the CLI tests: spawn the built CLI, wait for its stderr, bpftool link ids. */
+import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import { bound } from './helpers/host';
@@ -75,4 +77,34 @@ export async function runWorkloadChild(args: string[]): Promise<{ pid: number; r
 
 export function tmpFile(name: string): string {
   return path.join(fs.mkdtempSync('/tmp/kvmfault-cli-'), name);
+}
+
+/** GET /metrics on loopback. */
+export function scrapeMetrics(port: number): Promise<{ status: number; type: string; text: string }> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () =>
+        resolve({ status: res.statusCode!, type: String(res.headers['content-type']), text }));
+    }).on('error', reject);
+  });
+}
+
+/** Prometheus text format: HELP/TYPE comments and `name{labels} value` samples; fails on anything else. */
+export function parsePrometheus(text: string): { types: Map<string, string>; samples: { name: string; labels: Record<string, string>; value: number }[] } {
+  const types = new Map<string, string>();
+  const samples: { name: string; labels: Record<string, string>; value: number }[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    const t = /^# TYPE (\w+) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+    if (t) { types.set(t[1], t[2]); continue; }
+    if (/^# HELP \w+ .+$/.test(line)) continue;
+    const s = /^(\w+)(?:\{(.*)\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$/.exec(line);
+    assert.ok(s, `not a Prometheus sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const kv of (s[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[kv[1]] = kv[2];
+    assert.ok(types.has(s[1]), `sample ${s[1]} has a # TYPE`);
+    samples.push({ name: s[1], labels, value: Number(s[3]) });
+  }
+  return { types, samples };
 }

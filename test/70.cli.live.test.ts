@@ -5,9 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { bound, requireKvm, waitFor } from './helpers/host';
-import http from 'node:http';
 import { writeFileSync } from 'node:fs';
-import { cliSpawn, cliSync, kvmLinkIds, runWorkloadChild, Running, tmpFile, waitForStderr } from './70.cli.helpers';
+import { cliSpawn, cliSync, kvmLinkIds, parsePrometheus, runWorkloadChild, Running, scrapeMetrics, tmpFile, waitForStderr } from './70.cli.helpers';
 
 const ATTACHED = /probes attached\); Ctrl-C stops/;
 
@@ -143,20 +142,13 @@ describe('70 CLI live commands on a real guest', function () {
     assert.ok(size > 0 && size <= 65536, `file size ${size}`);
   });
 
-  it('metrics: scraped over loopback on an ephemeral port, valid Prometheus text', async () => {
-    const m = cliSpawn(['metrics', '--listen', '127.0.0.1:0', '--duration', '600']); // stopped by SIGINT below
+  it('metrics --mode auto (the tracer): scraped over loopback on an ephemeral port, valid Prometheus text', async () => {
+    const m = cliSpawn(['metrics', '--mode', 'auto', '--listen', '127.0.0.1:0', '--duration', '600']); // stopped by SIGINT below
     try {
       await waitForStderr(m, /serving http:\/\/127\.0\.0\.1:\d+\/metrics/);
       const port = Number(/127\.0\.0\.1:(\d+)/.exec(m.stderr())![1]);
       const w = await runWorkloadChild(['--size-mib', '4', '--runs', '1']);
-      const scrape = () => new Promise<{ status: number; type: string; text: string }>((resolve, reject) => {
-        http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
-          let text = '';
-          res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () =>
-            resolve({ status: res.statusCode!, type: String(res.headers['content-type']), text }));
-        }).on('error', reject);
-      });
-      // scraped until the guest's vCPU shows up with a mapped fault (its records are read by then)
+      const scrape = () => scrapeMetrics(port);
       let body = await scrape();
       const guestSeen = (text: string) => new RegExp(`^kvmfault_vcpu_mapped_total\\{[^}]*pid="${w.pid}"[^}]*\\} [1-9]`, 'm').test(text);
       const until = Date.now() + bound(15_000);
@@ -166,21 +158,7 @@ describe('70 CLI live commands on a real guest', function () {
       }
       assert.equal(body.status, 200);
       assert.match(body.type, /^text\/plain; version=0\.0\.4/);
-      // Prometheus text format: HELP/TYPE comments and `name{labels} value` samples
-      const types = new Map<string, string>();
-      const samples: { name: string; labels: Record<string, string>; value: number }[] = [];
-      for (const line of body.text.split('\n')) {
-        if (line === '') continue;
-        const t = /^# TYPE (\w+) (counter|gauge|histogram|summary|untyped)$/.exec(line);
-        if (t) { types.set(t[1], t[2]); continue; }
-        if (/^# HELP \w+ .+$/.test(line)) continue;
-        const s = /^(\w+)(?:\{(.*)\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$/.exec(line);
-        assert.ok(s, `not a Prometheus sample line: ${line}`);
-        const labels: Record<string, string> = {};
-        for (const kv of (s[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[kv[1]] = kv[2];
-        assert.ok(types.has(s[1]), `sample ${s[1]} has a # TYPE`);
-        samples.push({ name: s[1], labels, value: Number(s[3]) });
-      }
+      const { types, samples } = parsePrometheus(body.text);
       const get = (name: string, pid?: number) => samples.filter((x) => x.name === name && (pid === undefined || x.labels.pid === String(pid)));
       assert.equal(types.get('kvmfault_vcpu_faults_total'), 'counter');
       const faults = get('kvmfault_vcpu_faults_total', w.pid);
@@ -195,6 +173,45 @@ describe('70 CLI live commands on a real guest', function () {
       assert.equal(await interrupt(m), 130, m.stderr());
     } finally {
       m.child.kill('SIGKILL');
+    }
+  });
+
+  it('metrics (default: KVM\'s counters, no tracer): the running guest\'s vCPU with KVM\'s pf_taken, not suspect', async () => {
+    const m = cliSpawn(['metrics', '--listen', '127.0.0.1:0', '--interval', '0.5', '--duration', '600']); // stopped by SIGINT below
+    const w = cliSpawn(['workload', '--json', '--size-mib', '8', '--duration', '6', '--invalidate', 'between']);
+    try {
+      await waitForStderr(m, /serving http:\/\/127\.0\.0\.1:\d+\/metrics \(KVM counters from bpf-iter/);
+      const port = Number(/127\.0\.0\.1:(\d+)/.exec(m.stderr())![1]);
+      const pid = w.child.pid!;
+      // scraped until the guest's vCPU shows faults (sampled every 0.5 s while it runs)
+      const taken = (text: string) => parsePrometheus(text).samples.filter((x) => x.name === 'kvmfault_kvm_pf_taken_total' && x.labels.pid === String(pid));
+      let body = await scrapeMetrics(port);
+      const until = Date.now() + bound(20_000);
+      while (!taken(body.text).some((x) => x.value > 0) && Date.now() < until) {
+        await new Promise((res) => setTimeout(res, 250));
+        body = await scrapeMetrics(port);
+      }
+      assert.equal(body.status, 200);
+      const { types, samples } = parsePrometheus(body.text);
+      const get = (name: string) => samples.filter((x) => x.name === name && (x.labels.pid === undefined || x.labels.pid === String(pid)));
+      assert.equal(types.get('kvmfault_kvm_pf_taken_total'), 'counter');
+      const vcpu = taken(body.text);
+      assert.equal(vcpu.length, 1, `one vCPU of pid ${pid}: ${JSON.stringify(vcpu)}`);
+      assert.ok(vcpu[0].value > 0 && vcpu[0].labels.vcpu === '0' && /^\d+$/.test(vcpu[0].labels.tid));
+      assert.ok(get('kvmfault_kvm_pf_fixed_total')[0].value > 0);
+      assert.equal(get('kvmfault_vcpu_suspect')[0].value, 0);
+      assert.equal(get('kvmfault_vm_suspect')[0].value, 0);
+      assert.equal(get('kvmfault_suspect_vms')[0].value, 0);
+      assert.equal(get('kvmfault_vm_mmu_invalidate_seq').length, 1, 'the sequence, read by the iterator');
+      assert.equal(samples.find((x) => x.name === 'kvmfault_counters_info')?.labels.source, 'bpf-iter');
+      const cost = samples.find((x) => x.name === 'kvmfault_counters_sample_seconds')!.value;
+      assert.ok(cost > 0 && cost < 1, `one sample took ${cost} s`);
+      const { code } = await w.exited;
+      assert.equal(code, 0, w.stderr());
+      assert.equal(await interrupt(m), 130, m.stderr());
+    } finally {
+      m.child.kill('SIGKILL');
+      w.child.kill('SIGKILL');
     }
   });
 });

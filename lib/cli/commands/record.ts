@@ -5,12 +5,8 @@
  * even when they trickle in, and a killed recorder leaves a file that analyze reads as incomplete.
  * Exit: 0 finished (also after a signal: 130/143), 2 cannot trace or cannot write the file.
  */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { CaptureWriter } from '../../capture';
-import { retPfTable } from '../../detector';
-import { monotonicEpochMs } from '../../format';
-import { hostKernel } from '../../kernels';
+import { CaptureWriter, liveCaptureMeta } from '../../capture';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
@@ -64,29 +60,12 @@ terminal, and printed once at the end otherwise.`)
       let timer: NodeJS.Timeout | null = null;
       try {
         const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid, coalesce: !!opts.coalesce }, session);
-        let procVersion: string | undefined;
-        try {
-          procVersion = readFileSync('/proc/version', 'utf8').trim();
-        } catch {
-          /* optional metadata */
-        }
         let writer: CaptureWriter;
         try {
           writer = CaptureWriter.create(opts.output, {
             chunkRecords: CHUNK_RECORDS,
             flushMs: FLUSH_MS,
-            meta: {
-              hostKernel: hostKernel().release,
-              procVersion,
-              // the kernel's own word on the bug (its BTF): analyze judges the capture by it
-              staleCheck: hostKernel().btf,
-              bootTimeMs: monotonicEpochMs(),
-              retPf: { ...retPfTable(tracer.retPf) },
-              mode: tracer.mode,
-              rangeIsGfn: tracer.rangeIsGfn,
-              pid: opts.pid ?? null,
-              coalesce: !!opts.coalesce,
-            },
+            meta: liveCaptureMeta(tracer, { pid: opts.pid, coalesce: opts.coalesce }),
           });
         } catch (e) {
           throw new CliError(`cannot create ${opts.output}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (pick a writable path)`, EXIT_USAGE);
