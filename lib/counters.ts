@@ -188,6 +188,8 @@ export interface VcpuCounterView extends CounterSample {
   rates: Record<KvmStatName, number | null>;
   /** faults taken in the last interval that ended in no outcome (retried) */
   retriedInInterval: number | null;
+  /** the same per second */
+  retriedPerSec: number | null;
   suspect: boolean;
   /** when the vCPU turned suspect (ms since the epoch), null when not suspect */
   suspectSinceMs: number | null;
@@ -261,7 +263,7 @@ export class CounterWatch {
       }
       const suspectSinceMs = suspect ? (p?.suspectSinceMs ?? p?.atMs ?? atMs) : null;
       next.set(key, { atMs, stats: s.stats, mmuSeq: s.mmuSeq, suspectSinceMs });
-      const vcpu: VcpuCounterView = { ...s, rates, retriedInInterval: retried, suspect, suspectSinceMs };
+      const vcpu: VcpuCounterView = { ...s, rates, retriedInInterval: retried, retriedPerSec: retried !== null && dt > 0 ? retried / dt : null, suspect, suspectSinceMs };
 
       const vmKey = `${s.pid}/${s.vmId}`;
       let vm = byVm.get(vmKey);

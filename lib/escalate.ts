@@ -162,18 +162,25 @@ export class Escalator {
       }
       this.log({ event: 'started', pid, vmName, mode: tracer.mode, seconds: this.seconds, capture });
       const kernel = hostKernel();
-      let stuckAtMs: number | null = null;
+      // ends at the deadline, on close(), or afterStuckMs after the first stuck verdict
+      const enough = new AbortController();
+      let enoughTimer: NodeJS.Timeout | null = null;
       const detector = new StaleFaultDetector({
         retPf: retPfTable(tracer.retPf), kernel,
-        onVerdict: (v) => { if (v.state === 'stuck' && stuckAtMs === null) stuckAtMs = Date.now(); },
+        onVerdict: (v) => {
+          if (v.state === 'stuck' && enoughTimer === null) enoughTimer = setTimeout(() => enough.abort(), this.afterStuckMs);
+        },
       });
-      const deadline = AbortSignal.any([signal, AbortSignal.timeout(this.seconds * 1000)]);
+      const deadline = AbortSignal.any([signal, enough.signal, AbortSignal.timeout(this.seconds * 1000)]);
       let records = 0;
-      for await (const batch of tracer.events({ signal: deadline })) {
-        records += batch.length;
-        writer?.write(batch);
-        detector.push(batch);
-        if (stuckAtMs !== null && Date.now() - stuckAtMs >= this.afterStuckMs) break;
+      try {
+        for await (const batch of tracer.events({ signal: deadline })) {
+          records += batch.length;
+          writer?.write(batch);
+          detector.push(batch);
+        }
+      } finally {
+        if (enoughTimer !== null) clearTimeout(enoughTimer);
       }
       const worst = detector.snapshot().sort((a, b) => (RANK[b.state] ?? 0) - (RANK[a.state] ?? 0) || b.attempts - a.attempts)[0];
       const vm = worst ? detector.forecast().find((f) => f.vmId === worst.vmId) : undefined;

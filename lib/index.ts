@@ -14,4 +14,6 @@ export * from './tracer';
 export * from './format';
 export * from './doctor';
 export * from './metrics';
+export * from './counters';
+export * from './escalate';
 export * from './prove';

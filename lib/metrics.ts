@@ -203,7 +203,7 @@ export interface CounterMetricsOptions {
   source: CounterSourceKind;
   kernel: FaultMetricsOptions['kernel'];
   /** samples taken, and the CPU time of the last one (seconds) */
-  sampling: () => { samples: number; lastSampleSeconds: number };
+  sampling: () => { samples: number; lastSampleSeconds: number; errors: number };
   escalator?: Escalator | null;
 }
 
@@ -251,6 +251,11 @@ export class CounterMetrics {
       collect() {
         this.reset();
         this.inc(o.sampling().samples);
+      } });
+    new Counter({ name: 'kvmfault_counters_sample_errors_total', help: 'counter samples that failed (each said on stderr)', registers: r,
+      collect() {
+        this.reset();
+        this.inc(o.sampling().errors);
       } });
     new Gauge({ name: 'kvmfault_counters_sample_seconds', help: 'time the last sample took (the whole cost of counters mode per interval)', registers: r,
       collect() {

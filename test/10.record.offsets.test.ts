@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { native } from '../lib/native';
 import { Kind, RECORD_OFFSETS, RECORD_SIZE, RECORD_VERSION } from '../lib/record';
+import { COUNTERS_OFFSETS, COUNTERS_SIZE, KVM_STATS } from '../lib/counters';
 
 describe('10 record layout', () => {
   it('TS offsets equal the C offsetof() values from events.h', () => {
@@ -12,5 +13,12 @@ describe('10 record layout', () => {
   it('TS kind values equal enum kvmfault_kind', () => {
     const kinds = native().record.kinds;
     for (const [name, value] of Object.entries(Kind)) assert.equal(kinds[name], value, name);
+  });
+  it('the counters record (struct kvmfault_vcpu_counters): TS offsets and statistic order equal events.h', () => {
+    const c = native().counters;
+    assert.equal(c.size, COUNTERS_SIZE);
+    assert.deepEqual({ ...c.offsets }, { ...COUNTERS_OFFSETS });
+    assert.equal(c.statCount, KVM_STATS.length);
+    for (const [i, name] of KVM_STATS.entries()) assert.equal(c.stats[name.toUpperCase()], i, name);
   });
 });

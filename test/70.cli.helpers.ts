@@ -82,7 +82,9 @@ export function tmpFile(name: string): string {
 /** GET /metrics on loopback. */
 export function scrapeMetrics(port: number): Promise<{ status: number; type: string; text: string }> {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/metrics' }, (res) => {
+    // agent: false: a fresh connection per scrape (a kept-alive one can be reset by the server's
+    // keep-alive timeout firing just as the next request is sent)
+    http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
       let text = '';
       res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () =>
         resolve({ status: res.statusCode!, type: String(res.headers['content-type']), text }));

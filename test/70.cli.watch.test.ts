@@ -58,6 +58,30 @@ describe('70 CLI watch in a terminal and piped', function () {
     }
   });
 
+  it('watch --counters piped: the running guest from KVM\'s counters alone (no tracer), ok, JSON lines too', async () => {
+    const w = await startWorkloadChild(['--size-mib', '1', '--duration', '600', '--rate', '2000', '--invalidate', 'between']);
+    try {
+      const run = (args: string[]) => spawnSync(process.execPath, [CLI, 'watch', '--counters', '--duration', '3', '--interval', '1', ...args], { encoding: 'utf8', timeout: bound(60_000) });
+      const r = run([]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /watching KVM's counters \((bpf-iter|debugfs)/);
+      assert.ok(!/\x1b\[/.test(r.stdout), 'no escape codes when piped');
+      const final = r.stdout.slice(r.stdout.indexOf('-- final'));
+      assert.match(final, new RegExp(`^VM [0-9a-f]{16} pid ${w.pid} \\((node|\\?)\\)  seq [0-9a-f]+`, 'm'), r.stdout);
+      // VCPU, TID, PF/S > 0, FIXED/S, RETRIED/S, EXITS/S, STATE ok
+      assert.match(final, new RegExp(`^  0\\s+${w.tids[0]}\\s+[1-9][0-9.k]*\\s+\\S+\\s+\\S+\\s+\\S+\\s+ok$`, 'm'), r.stdout);
+      const j = run(['--json']);
+      assert.equal(j.status, 0, j.stderr);
+      const lines = j.stdout.trim().split('\n').map((l) => JSON.parse(l) as { type: string; vms: { pid: number; suspect: boolean; vcpus: { tid: number; rates: { pf_taken: number | null } }[] }[] });
+      assert.equal(lines[lines.length - 1].type, 'final');
+      const vm = lines[lines.length - 1].vms.find((v) => v.pid === w.pid);
+      assert.ok(vm && !vm.suspect && vm.vcpus[0].tid === w.tids[0] && (vm.vcpus[0].rates.pf_taken ?? 0) > 0, JSON.stringify(vm));
+    } finally {
+      w.running.child.kill('SIGINT');
+      await w.running.exited;
+    }
+  });
+
   it('trace | head: exits 0 when the reader goes away, no stack trace', async () => {
     const sh = spawn('bash', ['-c', `${process.execPath} ${CLI} trace --duration 20 | head -n 3 >/dev/null; echo "rc=\${PIPESTATUS[0]}" >&2`],
       { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -42,7 +42,7 @@ const ALERT_QUIET_MS = 5000;
 const MAX_ALERTS_SHOWN = 8;
 
 const commCache = new Map<number, string>();
-function comm(pid: number): string {
+export function comm(pid: number): string {
   let c = commCache.get(pid);
   if (c === undefined) {
     try {
@@ -55,7 +55,7 @@ function comm(pid: number): string {
   return c;
 }
 
-function clock(d = new Date()): string {
+export function clock(d = new Date()): string {
   return d.toTimeString().slice(0, 8);
 }
 
@@ -64,7 +64,18 @@ function describe(v: Verdict): string {
   return `pid ${v.pid} tid ${v.tid}${v.vcpu !== null ? ` vcpu ${v.vcpu}` : ''} ${v.state}${why}: gpa ${v.gpa ?? '?'}, ${v.attempts} attempt(s)`;
 }
 
-function pad(s: string, n: number): string {
+/** Draws a frame over the previous one on a TTY (cut to the terminal); returns its line count. */
+export function redraw(session: LiveSession, lines: string[], prevLines: number): number {
+  const cols = process.stdout.columns || 160;
+  const rows = process.stdout.rows || 50;
+  const shown = lines.slice(0, Math.max(1, rows - 1)).map((l) => (l.length >= cols ? l.slice(0, cols - 1) : l));
+  // back to the top of the previous frame, clear below, draw
+  const up = prevLines > 0 ? `\x1b[${prevLines}F` : '';
+  out(session, `${up}\x1b[J${shown.join('\n')}\n`);
+  return shown.length;
+}
+
+export function pad(s: string, n: number): string {
   return s.length >= n ? s.slice(0, n) : s + ' '.repeat(n - s.length);
 }
 
@@ -166,15 +177,9 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     } else if (tty) {
       for (const a of fresh) alerts.push(a.line);
       while (alerts.length > MAX_ALERTS_SHOWN) alerts.shift();
-      const cols = process.stdout.columns || 160;
-      const rows = process.stdout.rows || 50;
       const lines = [...f.lines];
       if (alerts.length) lines.push('', 'alerts:', ...alerts.flatMap((a) => a.split('\n')).map((a) => '  ' + a));
-      const shown = lines.slice(0, Math.max(1, rows - 1)).map((l) => (l.length >= cols ? l.slice(0, cols - 1) : l));
-      // back to the top of the previous frame, clear below, draw
-      const up = prevLines > 0 ? `\x1b[${prevLines}F` : '';
-      out(session, `${up}\x1b[J${shown.join('\n')}\n`);
-      prevLines = shown.length;
+      prevLines = redraw(session, lines, prevLines);
     } else {
       for (const a of fresh) out(session, a.line + '\n');
       if (final || f.vcpus.length > 0 || Date.now() - started >= intervalMs) out(session, (final ? '-- final\n' : '') + f.lines.join('\n') + '\n');

@@ -85,9 +85,22 @@ class KvmCounters : public Napi::ObjectWrap<KvmCounters> {
   Napi::Value Sample(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!link_) return ThrowCode(env, "ECLOSED", EBADF, "KvmCounters is closed");
-    int fd = bpf_iter_create(bpf_link__fd(link_));
-    if (fd < 0) return ThrowCode(env, "EITER", errno, std::string("cannot start the iterator: ") + strerror(errno));
+    // A read can fail with EAGAIN when the walk raced a task or file going away: run the
+    // iterator again from the start (a sample is a snapshot, never half of one).
+    int err = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+      err = ReadIterator();
+      if (err != EAGAIN) break;
+    }
+    if (err) return ThrowCode(env, "EITER", err, std::string("reading the counters iterator failed: ") + strerror(err));
+    return Napi::Buffer<char>::Copy(env, buf_.data(), buf_.size());
+  }
+
+  // Runs the iterator once into buf_; 0 or an errno.
+  int ReadIterator() {
     buf_.clear();
+    int fd = bpf_iter_create(bpf_link__fd(link_));
+    if (fd < 0) return errno;
     char chunk[1 << 14];
     for (;;) {
       ssize_t n = read(fd, chunk, sizeof chunk);
@@ -96,14 +109,13 @@ class KvmCounters : public Napi::ObjectWrap<KvmCounters> {
       } else if (n == 0) {
         break;
       } else if (errno != EINTR) {
-        // EAGAIN: the kernel restarts an iteration that raced a process exit; take it again
         int e = errno;
         close(fd);
-        return ThrowCode(env, "EITER", e, std::string("reading the iterator failed: ") + strerror(e));
+        return e;
       }
     }
     close(fd);
-    return Napi::Buffer<char>::Copy(env, buf_.data(), buf_.size());
+    return 0;
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {

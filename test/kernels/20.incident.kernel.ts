@@ -17,7 +17,8 @@
  */
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import type { Verdict, VmForecast } from '../../lib/detector';
@@ -136,6 +137,18 @@ function cli(args: string[], onLine?: (l: JsonLine) => void): Child {
   proc.stderr!.setEncoding('utf8').on('data', (d: string) => { c.stderr += d; });
   c.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal, at: monoNs() })));
   return c;
+}
+
+/** GET /metrics on loopback, the body */
+function scrape(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    // agent: false: a fresh connection per scrape (a kept-alive one can be reset by the server's
+    // keep-alive timeout firing just as the next request is sent)
+    http.get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve(text));
+    }).on('error', reject);
+  });
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -360,6 +373,68 @@ describe(`incident kernel ${LINE || '(no line)'}: KVM's counters alone (BPF task
     } finally {
       if (wl) await end(wl, 2000);
       source.close();
+      writeFileSync(PARAM, '0');
+    }
+  });
+});
+
+// The fleet path end to end: `kvmfault metrics --escalate` watches counters only; on the bug kernel
+// the stuck VM turns suspect, the escalation traces its VMM and exports the cause, with a capture
+// that `analyze` reads the same way. Fixed kernel: nothing to escalate.
+describe(`incident kernel ${LINE || '(no line)'}: kvmfault metrics --escalate (counters, then the tracer for the suspect VMM)`, function () {
+  this.timeout(240_000);
+  before(requireIncidentKernel);
+
+  it(VARIANT === 'bug' ? 'the suspect VMM is escalated and the verdict names seq-sign-extension; the capture analyses the same'
+    : 'no VM turns suspect, nothing is escalated, every run completes', async () => {
+    const dir = mkdtempSync('/tmp/kvmfault-escalate-');
+    const m = cli(['metrics', '--listen', '127.0.0.1:0', '--interval', '0.5', '--suspect-attempts', '200', '--escalate',
+      '--escalate-seconds', '20', '--escalate-dir', dir]);
+    let wl: Child | null = null;
+    writeFileSync(PARAM, String(START_SEQ));
+    try {
+      assert.ok(await waitFor(() => /serving http:\/\/127\.0\.0\.1:\d+\/metrics/.test(m.stderr), 60_000), `metrics did not start: ${m.stderr}`);
+      const port = Number(/127\.0\.0\.1:(\d+)/.exec(m.stderr)![1]);
+      const t0 = monoNs();
+      wl = cli(['workload', '--size-mib', '2', '--runs', String(RUNS), '--invalidate', 'between', '--json']);
+      const pid = wl.proc.pid!;
+      const verdictOf = async (): Promise<Record<string, string> | null> => {
+        const text = await scrape(port).catch((e: Error) => {
+          throw new Error(`scraping metrics failed (${e.message}); metrics exit ${m.proc.exitCode ?? m.proc.signalCode ?? 'running'}, stderr: ${m.stderr.slice(-3000)}`);
+        });
+        const line = text.split('\n').find((l) => l.startsWith('kvmfault_escalation_verdict{') && l.includes(`pid="${pid}"`));
+        if (!line) return null;
+        return Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+      };
+      let verdict: Record<string, string> | null = null;
+      const deadlineMs = VARIANT === 'bug' ? 150_000 : WORKLOAD_TIMEOUT_MS;
+      while ((monoNs() - t0) / 1e6 < deadlineMs) {
+        const done = await Promise.race([wl.exited.then(() => true), sleep(500).then(() => false)]);
+        verdict = await verdictOf();
+        if (done || (VARIANT === 'bug' && verdict)) break;
+      }
+      const escalations = (m.stderr.match(/^kvmfault: escalation .*$/gm) ?? []).map((l) => JSON.parse(l.slice('kvmfault: escalation '.length)) as Record<string, unknown>);
+      report('escalation', { afterMs: (monoNs() - t0) / 1e6, verdict, escalations });
+      if (VARIANT === 'bug') {
+        assert.ok(verdict, `no escalation verdict for pid ${pid}: ${m.stderr.slice(-2000)}`);
+        assert.equal(verdict.state, 'stuck', JSON.stringify(verdict));
+        assert.equal(verdict.cause, 'seq-sign-extension', JSON.stringify(verdict));
+        assert.ok(parseInt(verdict.seq, 16) >= SIGN_BIT, `sequence ${verdict.seq}`);
+        const finished = escalations.find((e) => e.event === 'finished' && e.pid === pid);
+        assert.ok(finished && typeof finished.capture === 'string', `no finished escalation with a capture: ${JSON.stringify(escalations)}`);
+        const a = spawnSync(process.execPath, [CLI, 'analyze', '--json', finished.capture as string], { encoding: 'utf8', timeout: 120_000 });
+        assert.equal(a.status, 1, `analyze of the escalation capture: exit ${a.status} ${a.stderr}`);
+        const j = JSON.parse(a.stdout) as { vcpus: Verdict[] };
+        assert.ok(j.vcpus.some((v) => v.state === 'stuck' && v.cause === 'seq-sign-extension'), 'the capture does not show the stuck vCPU');
+      } else {
+        const exit = await wl.exited;
+        assert.equal(exit.code, 0, wl.stderr);
+        assert.equal(verdict, null, `an escalation ran on the fixed kernel: ${JSON.stringify(verdict)}`);
+        assert.equal(escalations.length, 0, JSON.stringify(escalations));
+      }
+    } finally {
+      if (wl) await end(wl, 2000);
+      await end(m, 5000);
       writeFileSync(PARAM, '0');
     }
   });

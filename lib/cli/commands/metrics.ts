@@ -81,10 +81,19 @@ async function runCounters(opts: Flags, session: LiveSession): Promise<void> {
   const escalator = opts.escalate ? new Escalator({ seconds: opts.escalateSeconds, cooldownSeconds: opts.escalateCooldown,
     captureDir: opts.escalateDir, mode: opts.escalateMode, log }) : null;
   let view: CounterView | null = null;
-  const sampling = { samples: 0, lastSampleSeconds: 0 };
+  const sampling = { samples: 0, lastSampleSeconds: 0, errors: 0 };
   const sample = (): void => {
     const t0 = process.hrtime.bigint();
-    const samples = source.sample().filter((s) => opts.pid === undefined || s.pid === opts.pid);
+    let all;
+    try {
+      all = source.sample();
+    } catch (e) {
+      // one failed sample must not take the exporter down: said, counted, the next one tried
+      sampling.errors++;
+      process.stderr.write(`kvmfault: counter sample failed (${sampling.errors} so far): ${(e as Error).message}\n`);
+      return;
+    }
+    const samples = all.filter((s) => opts.pid === undefined || s.pid === opts.pid);
     view = watch.update(samples);
     sampling.lastSampleSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
     sampling.samples++;
