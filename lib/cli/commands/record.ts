@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { CaptureWriter } from '../../capture';
 import { retPfTable } from '../../detector';
+import { findRunningVms } from '../../doctor';
 import { monotonicEpochMs } from '../../format';
 import { hostKernel } from '../../kernels';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
@@ -86,6 +87,9 @@ terminal, and printed once at the end otherwise.`)
               rangeIsGfn: tracer.rangeIsGfn,
               pid: opts.pid ?? null,
               coalesce: !!opts.coalesce,
+              // the VMM's -name of each VM running now, by pid: analyze --html shows them beside the pids
+              vmNames: Object.fromEntries(findRunningVms({ excludePids: [process.pid] })
+                .filter((vm) => vm.name !== null && (opts.pid === undefined || vm.pid === opts.pid)).map((vm) => [String(vm.pid), vm.name])),
             },
           });
         } catch (e) {
