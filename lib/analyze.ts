@@ -12,6 +12,8 @@ import { escapeControl } from './escape';
 import { createTextImporter, detectTextFormat, TEXT_FORMAT_NAMES, TextFormat } from './import/index';
 import { CounterVm, EvidenceLines, PSEUDO_GPA } from './import/text';
 import { judgeKernel, KernelInfo, StaleCheckSignature } from './kernels';
+import type { EventBatch } from './record';
+import { Timeline, TimelineData } from './report/timeline';
 
 function isStaleCheck(x: unknown): x is StaleCheckSignature {
   const o = x as StaleCheckSignature | null;
@@ -26,6 +28,8 @@ export interface AnalyzeOptions {
   procVersion?: string;
   /** detector thresholds and sizes (kernel and retPf are filled in from the input) */
   detector?: Omit<DetectorOptions, 'kernel' | 'onVerdict'>;
+  /** also collect the per-VM sequence and per-vCPU attempt series over time (report.timeline: the HTML report's charts) */
+  timeline?: boolean;
 }
 
 /** A vCPU's verdict in the report: the detector's, plus where in the input its evidence is. */
@@ -72,6 +76,8 @@ export interface AnalysisReport {
   /** version: the capture format; complete: the end chunk was read (version 2; null for version 1, which has none);
    *  gaps: places where records were lost (the detector counts no attempts across one) */
   capture: { meta: CaptureMeta; damage: CaptureDamage[]; version: number; complete: boolean | null; gaps: number; metaIntact: boolean } | null;
+  /** the records over time, downsampled (only with options.timeline) */
+  timeline: TimelineData | null;
 }
 
 /** Thrown for input that cannot be analysed at all (missing file, unknown format, bad header). */
@@ -96,7 +102,7 @@ function retPfFor(kernel: KernelInfo | null): RetPfTable {
  * (discontinuity()), so no run of attempts is counted across the gap: a stuck verdict rests on
  * records seen without a gap between them, never on damage. Damage ends up in reader.damage.
  */
-export async function feedCapture(reader: CaptureReader, detector: StaleFaultDetector): Promise<number> {
+export async function feedCapture(reader: CaptureReader, detector: StaleFaultDetector, also?: (batch: EventBatch) => void): Promise<number> {
   let records = 0;
   let gaps = reader.gaps;
   for await (const batch of reader.batches({ onDamage: 'report' })) {
@@ -106,6 +112,7 @@ export async function feedCapture(reader: CaptureReader, detector: StaleFaultDet
     }
     records += batch.length;
     detector.push(batch);
+    also?.(batch);
   }
   return records;
 }
@@ -164,13 +171,16 @@ function newState(options: AnalyzeOptions) {
     kernel: (options.kernel ? judgeKernel(options.kernel, options.procVersion) : null) as KernelInfo | null,
     kernelSource: (options.kernel ? 'option' : 'none') as AnalysisReport['kernelSource'],
     latest: new Map<number, Verdict>(),
-    makeDetector: (retPf: RetPfTable): StaleFaultDetector =>
-      new StaleFaultDetector({
+    timeline: null as Timeline | null,
+    makeDetector: (retPf: RetPfTable): StaleFaultDetector => {
+      if (options.timeline) st.timeline = new Timeline(retPf);
+      return new StaleFaultDetector({
         ...options.detector,
         retPf,
         kernel: st.kernel,
         onVerdict: (v) => st.latest.set(v.tid, v),
-      }),
+      });
+    },
   };
   return st;
 }
@@ -194,9 +204,10 @@ async function analyzeCapture(path: string, bytes: number, options: AnalyzeOptio
     ? (meta.retPf as unknown as RetPfTable)
     : retPfFor(st.kernel);
   const detector = st.makeDetector(retPf);
-  const records = await feedCapture(reader, detector);
+  const timeline = st.timeline;
+  const records = await feedCapture(reader, detector, timeline ? (b) => timeline.push(b) : undefined);
   return finishReport({
-    path, format: 'capture', bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records, detector, latest: st.latest,
+    path, format: 'capture', bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records, detector, latest: st.latest, timeline: st.timeline,
     importer: null, capture: { meta, damage: reader.damage, version: reader.header.version, complete: reader.complete, gaps: reader.gaps, metaIntact: reader.header.metaIntact }, evidence: null, vcpuAddrs: null, counterVms: [],
     hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: 0,
   });
@@ -247,12 +258,15 @@ export async function analyzeStream(path: string, source: AsyncIterable<Buffer |
       }
       return textDetector;
     };
-    const imp = createMailBpftraceImporter({ onBatch: (b) => ensureDetector().push(b) });
+    const imp = createMailBpftraceImporter({ onBatch: (b) => {
+      ensureDetector().push(b);
+      st.timeline?.push(b);
+    } });
     await read((b) => imp.push(b));
     const result = imp.end();
     const detector = ensureDetector();
     return finishReport({
-      path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf: textRetPf!, records: result.records, detector, latest: st.latest,
+      path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf: textRetPf!, records: result.records, detector, latest: st.latest, timeline: st.timeline,
       importer: { lines: result.lines, records: result.records, ignored: result.ignored, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: result.kvmfaultText, noise: result.noise, joined: result.joined, lost: result.lost },
       capture: null, evidence: result.evidence, vcpuAddrs: null, counterVms: [], hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: result.lost,
     });
@@ -260,11 +274,14 @@ export async function analyzeStream(path: string, source: AsyncIterable<Buffer |
 
   const retPf = st.kernel ? retPfFor(st.kernel) : { ...RET_PF_6_1 };
   const detector = st.makeDetector(retPf);
-  const imp = createTextImporter(format, { onBatch: (b) => detector.push(b), stuckAttempts: options.detector?.stuckAttempts });
+  const imp = createTextImporter(format, { onBatch: (b) => {
+    detector.push(b);
+    st.timeline?.push(b);
+  }, stuckAttempts: options.detector?.stuckAttempts });
   await read((b) => imp.push(b));
   const result = imp.end();
   return finishReport({
-    path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records: result.records, detector, latest: st.latest,
+    path, format, bytes: size ?? bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records: result.records, detector, latest: st.latest, timeline: st.timeline,
     importer: { lines: result.lines, records: result.records, ignored: result.ignored + result.noise, skipped: result.skipped, skippedLines: result.skippedLines, kvmfaultText: false, noise: result.noise, joined: result.joined, lost: result.lost },
     capture: null, evidence: result.evidence, vcpuAddrs: result.vcpuAddrs, counterVms: result.counters ?? [],
     hasPid: result.hasPid, hasTid: result.hasTid, hasSeq: result.hasSeq, pseudoGpa: result.pseudoGpa, lost: result.lost,
@@ -281,6 +298,7 @@ interface Finish {
   records: number;
   detector: StaleFaultDetector;
   latest: Map<number, Verdict>;
+  timeline: Timeline | null;
   importer: AnalysisReport['importer'];
   capture: AnalysisReport['capture'];
   evidence: Map<number, EvidenceLines> | null;
@@ -348,17 +366,43 @@ function finishReport(f: Finish): AnalysisReport {
     detector: detector.stats(),
     importer: f.importer,
     capture: f.capture,
+    timeline: f.timeline?.data() ?? null,
   };
+}
+
+/** Who a vCPU is, as far as the input says (vm and pid only when the input names them). */
+export function vcpuWho(r: AnalysisReport, v: ReportVcpu): string {
+  return v.vcpuAddr !== undefined ? `vcpu at ${v.vcpuAddr}` : `${r.hasPid ? `vm ${v.vmId} pid ${v.pid} ` : ''}tid ${v.tid}${v.vcpu !== null ? ` vcpu ${v.vcpu}` : ''}`;
+}
+
+/** The evidence under a verdict: where in the input it is, and (unless progressing) the fault's invalidation state. */
+export function vcpuEvidence(v: ReportVcpu): string[] {
+  const out: string[] = [];
+  if (v.evidenceLines) {
+    const e = v.evidenceLines;
+    out.push(`evidence: line${e.first === e.last ? ` ${e.first}` : `s ${e.first}..${e.last}`} of the input (${e.count} entr${e.count === 1 ? 'y' : 'ies'})`);
+  }
+  if (v.state !== 'progressing') {
+    const range = v.range ? `, range ${v.range.unit} [${v.range.start}, ${v.range.end})` : '';
+    out.push(`hva ${v.hva ?? '?'}, rip ${v.rip ?? '?'}, seq ${v.mmuSeqFirst ?? '?'}..${v.mmuSeqLast ?? '?'}` +
+      `${v.faultSeqLast !== null ? `, fault seq ${v.faultSeqLast}` : ''}, in-progress ${v.inProgress ?? '?'}${range}, ` +
+      `seen ${((v.lastSeen - v.firstSeen) / 1e9).toFixed(6)} s`);
+  }
+  return out;
+}
+
+/** What the input was: its format and how much of it was read. */
+export function inputSummary(r: AnalysisReport): string {
+  return r.format === 'capture'
+    ? `capture, ${r.records} records${r.capture?.meta.hostKernel ? `, traced on ${r.capture.meta.hostKernel}` : ''}`
+    : `${r.importer!.kvmfaultText ? 'kvmfault trace text' : TEXT_FORMAT_NAMES[r.format]}, ${r.importer!.lines} lines -> ${r.records} records, ${r.importer!.skipped} line(s) skipped` +
+      `${r.importer!.noise ? `, ${r.importer!.noise} noise line(s)` : ''}${r.importer!.joined ? `, ${r.importer!.joined} wrapped line(s) re-joined` : ''}`;
 }
 
 /** The human-readable report. */
 export function formatReport(r: AnalysisReport): string {
   const out: string[] = [];
-  const src = r.format === 'capture'
-    ? `capture, ${r.records} records${r.capture?.meta.hostKernel ? `, traced on ${r.capture.meta.hostKernel}` : ''}`
-    : `${r.importer!.kvmfaultText ? 'kvmfault trace text' : TEXT_FORMAT_NAMES[r.format]}, ${r.importer!.lines} lines -> ${r.records} records, ${r.importer!.skipped} line(s) skipped` +
-      `${r.importer!.noise ? `, ${r.importer!.noise} noise line(s)` : ''}${r.importer!.joined ? `, ${r.importer!.joined} wrapped line(s) re-joined` : ''}`;
-  out.push(`${r.path === '-' ? 'standard input' : r.path}: ${src}`);
+  out.push(`${r.path === '-' ? 'standard input' : r.path}: ${inputSummary(r)}`);
   for (const n of r.notes) out.push(`note: ${n}`);
   if (r.kernel) {
     const st = r.kernel.affected === true ? 'AFFECTED' : r.kernel.affected === false ? 'not affected' : 'unknown';
@@ -382,18 +426,8 @@ export function formatReport(r: AnalysisReport): string {
   for (const v of r.vcpus) {
     const tag = v.state === 'stuck' ? 'STUCK' : v.state === 'retrying' ? 'retrying' : 'progressing';
     const cause = v.cause ? ` cause ${v.cause} (${v.confidence} confidence, decided by ${v.decidedBy})` : v.retryReason ? ` (${v.retryReason})` : '';
-    const who = v.vcpuAddr !== undefined ? `vcpu at ${v.vcpuAddr}` : `${r.hasPid ? `vm ${v.vmId} pid ${v.pid} ` : ''}tid ${v.tid}${v.vcpu !== null ? ` vcpu ${v.vcpu}` : ''}`;
-    out.push(`  ${tag.padEnd(11)} ${who}: gpa ${v.gpa ?? '?'}, ${v.attempts} attempt(s)${cause}${v.evicted ? ' [evicted]' : ''}`);
-    if (v.evidenceLines) {
-      const e = v.evidenceLines;
-      out.push(`              evidence: line${e.first === e.last ? ` ${e.first}` : `s ${e.first}..${e.last}`} of the input (${e.count} entr${e.count === 1 ? 'y' : 'ies'})`);
-    }
-    if (v.state !== 'progressing') {
-      const range = v.range ? `, range ${v.range.unit} [${v.range.start}, ${v.range.end})` : '';
-      out.push(`              hva ${v.hva ?? '?'}, rip ${v.rip ?? '?'}, seq ${v.mmuSeqFirst ?? '?'}..${v.mmuSeqLast ?? '?'}` +
-        `${v.faultSeqLast !== null ? `, fault seq ${v.faultSeqLast}` : ''}, in-progress ${v.inProgress ?? '?'}${range}, ` +
-        `seen ${((v.lastSeen - v.firstSeen) / 1e9).toFixed(6)} s`);
-    }
+    out.push(`  ${tag.padEnd(11)} ${vcpuWho(r, v)}: gpa ${v.gpa ?? '?'}, ${v.attempts} attempt(s)${cause}${v.evicted ? ' [evicted]' : ''}`);
+    for (const line of vcpuEvidence(v)) out.push(`              ${line}`);
     out.push(`              ${v.explanation}`);
   }
   if (r.vms.length > 0) {

@@ -158,7 +158,7 @@ export class Escalator {
     try {
       if (this.captureDir !== null) {
         capture = path.join(this.captureDir, `escalation-${pid}-${new Date(startedAtMs).toISOString().replace(/[:.]/g, '-')}.kvmf`);
-        writer = CaptureWriter.create(capture, { chunkRecords: 256, flushMs: 1000, meta: { ...liveCaptureMeta(tracer, { pid }), escalation: true } });
+        writer = CaptureWriter.create(capture, { chunkRecords: 256, flushMs: 1000, meta: { ...liveCaptureMeta(tracer, { pid }), escalation: true, vmNames: vmName ? { [String(pid)]: vmName } : {} } });
       }
       this.log({ event: 'started', pid, vmName, mode: tracer.mode, seconds: this.seconds, capture });
       const kernel = hostKernel();

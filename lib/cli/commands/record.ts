@@ -7,6 +7,7 @@
  */
 import type { Command } from 'commander';
 import { CaptureWriter, liveCaptureMeta } from '../../capture';
+import { findRunningVms } from '../../doctor';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
@@ -65,7 +66,12 @@ terminal, and printed once at the end otherwise.`)
           writer = CaptureWriter.create(opts.output, {
             chunkRecords: CHUNK_RECORDS,
             flushMs: FLUSH_MS,
-            meta: liveCaptureMeta(tracer, { pid: opts.pid, coalesce: opts.coalesce }),
+            meta: {
+              ...liveCaptureMeta(tracer, { pid: opts.pid, coalesce: opts.coalesce }),
+              // the VMM's -name of each VM running now, by pid: analyze --html shows them beside the pids
+              vmNames: Object.fromEntries(findRunningVms({ excludePids: [process.pid] })
+                .filter((vm) => vm.name !== null && (opts.pid === undefined || vm.pid === opts.pid)).map((vm) => [String(vm.pid), vm.name])),
+            },
           });
         } catch (e) {
           throw new CliError(`cannot create ${opts.output}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (pick a writable path)`, EXIT_USAGE);
