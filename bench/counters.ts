@@ -50,21 +50,29 @@ async function once(mode: Mode, workload: NonNullable<CountersBenchOptions['work
   const cpu0 = process.cpuUsage();
   const t0 = Date.now();
   try {
-    if (source) {
-      timer = setInterval(() => {
-        const s0 = process.hrtime.bigint();
-        const samples = source.sample().filter((s) => s.pid === child.pid);
-        sampleMs.push(Number(process.hrtime.bigint() - s0) / 1e6);
-        vcpusSeen = Math.max(vcpusSeen, samples.length);
-        watch.update(samples);
-      }, mode === 'counters 1 s' ? 1000 : 100);
-    }
+    const sample = (): void => {
+      const s0 = process.hrtime.bigint();
+      const samples = source!.sample().filter((s) => s.pid === child.pid);
+      sampleMs.push(Number(process.hrtime.bigint() - s0) / 1e6);
+      vcpusSeen = Math.max(vcpusSeen, samples.length);
+      watch.update(samples);
+    };
     child.go();
+    if (source) {
+      // until the child's vCPUs exist, look every 10 ms: a run shorter than the interval is
+      // sampled too; then every interval
+      const intervalMs = mode === 'counters 1 s' ? 1000 : 100;
+      const discover = (): void => {
+        sample();
+        timer = setTimeout(vcpusSeen > 0 ? () => { timer = setInterval(sample, intervalMs); } : discover, vcpusSeen > 0 ? intervalMs : 10);
+      };
+      discover();
+    }
     const r = await child.done;
     const cpu = process.cpuUsage(cpu0);
     return { mode, faultsPerSec: guestRate(r), samples: sampleMs.length, sampleMs, vcpusSeen, cpuPct: (100 * (cpu.user + cpu.system)) / 1e3 / (Date.now() - t0) };
   } finally {
-    if (timer) clearInterval(timer);
+    if (timer) clearInterval(timer); // clears a pending setTimeout as well
     source?.close();
   }
 }

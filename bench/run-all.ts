@@ -4,6 +4,7 @@
  *   e2e         real KVM faults, tracing off / on / on + detector
  *   probe-cost  BPF ns per probe hit (kernel.bpf_stats_enabled)
  *   pipeline    ring → batch → detector records/s
+ *   counters    the fault rate with KVM's counters sampled vs off vs the tracer
  *   detector    the detector engineer's bench/detector.ts, run as it is (its own section)
  *
  *   node dist/bench/run-all.js [--quick] [--repeats N] [--no-record]
@@ -15,6 +16,7 @@ import { appendResults, benchEnv, envLine, parseFlags, runMain } from './common'
 import { runE2eBench } from './e2e';
 import { runPipelineBench } from './pipeline';
 import { runProbeCostBench } from './probe-cost';
+import { runCountersBench } from './counters';
 import { runRingBench } from './ring';
 
 runMain(async () => {
@@ -48,6 +50,10 @@ runMain(async () => {
   })).markdown);
   await step('probe-cost', async () => (await runProbeCostBench({
     ...(flags.quick ? { repeats: 1, loadgenCalls: 200_000, workload: { pattern: 'sequential', sizeMiB: 8, runs: 2, invalidate: 'between' } } : {}),
+    ...(repeats ? { repeats } : {}), log,
+  })).markdown);
+  await step('counters', async () => (await runCountersBench({
+    ...(flags.quick ? { repeats: 1, workload: { pattern: 'sequential', sizeMiB: 4, runs: 3, invalidate: 'between', vms: 2, vcpus: 2 } } : {}),
     ...(repeats ? { repeats } : {}), log,
   })).markdown);
   await step('pipeline', async () => (await runPipelineBench({

@@ -13,6 +13,7 @@ import { bound, requireKvm, SLOW } from './helpers/host';
 import { runE2eBench } from '../bench/e2e';
 import { runPipelineBench } from '../bench/pipeline';
 import { runProbeCostBench } from '../bench/probe-cost';
+import { runCountersBench } from '../bench/counters';
 import { runRingBench } from '../bench/ring';
 import { hasCommand } from '../bench/common';
 
@@ -107,5 +108,19 @@ describe('90 bench smoke: every benchmark scenario runs and gives sane numbers',
       positive(run.recordsPerSec, `${run.variant} records/s`);
       if (run.variant !== 'count only') assert.equal(run.detectorRecords, 100_000);
     }
+  });
+
+  it('counters: the fault rate with nothing watching, KVM counters sampled every 1 s / 100 ms, the tracer', async function () {
+    requireKvm(this);
+    const r = await runCountersBench({ repeats: 1, workload: { ...TINY_WORKLOAD, vms: 2, vcpus: 1 } });
+    assert.deepEqual(r.runs.map((x) => x.mode), ['off', 'counters 1 s', 'counters 100 ms', 'tracer']);
+    for (const run of r.runs) positive(run.faultsPerSec, `${run.mode} faults/s`);
+    for (const run of r.runs.filter((x) => x.mode.startsWith('counters'))) {
+      assert.ok(run.samples >= 1, `${run.mode}: no sample taken`);
+      // the first sample comes right after the guests were started: both VMs' vCPUs exist by then
+      assert.equal(run.vcpusSeen, 2, `${run.mode}: the iterator saw ${run.vcpusSeen} of the 2 vCPUs`);
+      run.sampleMs.forEach((ms) => positive(ms, `${run.mode} sample ms`));
+    }
+    assert.match(r.markdown, /Counters mode cost/);
   });
 });
