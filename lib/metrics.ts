@@ -10,7 +10,7 @@
  * Per-vCPU counters are the detector's running totals: a vCPU evicted as idle and seen again
  * starts from 0, which Prometheus' rate() treats as a counter reset.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { StaleFaultDetector } from './detector';
 import type { KernelInfo } from './kernels';
@@ -70,6 +70,18 @@ export function metricsRequestListener(registry: Registry): (req: IncomingMessag
       (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`kvmfault: ${e.message}\n`),
     );
   };
+}
+
+/**
+ * The exporter's HTTP server: metricsRequestListener with limits, so no client can hold more
+ * than a bounded share of it. A client that sends its headers slowly is cut after 10 s (Node's
+ * default is 60), a whole request after 30 s; at most 256 connections at once (Prometheus opens
+ * one per target); a request line or headers over 16 KiB get 431 (Node's maxHeaderSize).
+ */
+export function createMetricsServer(registry: Registry): Server {
+  const server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, metricsRequestListener(registry));
+  server.maxConnections = 256;
+  return server;
 }
 
 /** One VM's invalidation sequence as both exporters see it. */

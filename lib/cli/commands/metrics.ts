@@ -5,14 +5,13 @@
  *   --mode auto|tracepoint|kprobe|fentry: the full tracer and the live detector, every fault.
  * Exit: 0 after --duration, 130/143 after SIGINT/SIGTERM, 2 cannot trace or cannot listen.
  */
-import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Command } from 'commander';
 import { retPfTable, StaleFaultDetector } from '../../detector';
 import { hostKernel } from '../../kernels';
 import { CounterSourceError, CounterView, CounterWatch, openCounterSource } from '../../counters';
 import { Escalator } from '../../escalate';
-import { CounterMetrics, FaultMetrics, metricsRequestListener } from '../../metrics';
+import { CounterMetrics, createMetricsServer, FaultMetrics } from '../../metrics';
 import type { Registry } from 'prom-client';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
@@ -48,7 +47,7 @@ function counterSource(text: string): 'bpf-iter' | 'debugfs' {
 
 /** Serves the registry until the session ends (run() resolves when the data source is done). */
 async function serve(opts: Flags, session: LiveSession, registry: Registry, what: string, run: () => Promise<void>): Promise<void> {
-  const server = http.createServer(metricsRequestListener(registry));
+  const server = createMetricsServer(registry);
   session.onClose(() => server.close());
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => reject(new CliError(
