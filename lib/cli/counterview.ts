@@ -4,12 +4,12 @@
  * SUSPECT when KVM took faults for it and fixed none (lib/counters.ts); `watch` without
  * --counters then names the cause.
  */
-import { CounterSourceError, CounterView, CounterWatch, openCounterSource, VmCounterView } from '../counters';
+import { CounterView, CounterWatch, VmCounterView } from '../counters';
 import { formatDuration } from '../detector';
 import { hostKernel } from '../kernels';
-import { CliError, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE } from './errors';
+import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
-import { humanRate } from './live';
+import { everyUntilStopped, humanRate, openCounterSourceForCli } from './live';
 import { clock, comm, pad, redraw } from './watchview';
 
 export interface CounterWatchViewOptions {
@@ -41,13 +41,7 @@ function vmLines(vm: VmCounterView, nowMs: number): string[] {
 }
 
 export async function runCounterWatch(o: CounterWatchViewOptions, session: LiveSession): Promise<{ exitCode: number; suspectSeen: number }> {
-  let source;
-  try {
-    source = openCounterSource(o.source);
-  } catch (e) {
-    if (e instanceof CounterSourceError) throw new CliError(`cannot read KVM's counters: ${e.message}`, EXIT_USAGE);
-    throw e;
-  }
+  const source = openCounterSourceForCli(o.source, session);
   const tty = o.tty ?? !!process.stdout.isTTY;
   const intervalMs = (o.intervalS ?? (tty ? 1 : 10)) * 1000;
   const watch = new CounterWatch({ minAttempts: o.suspectAttempts });
@@ -82,21 +76,9 @@ export async function runCounterWatch(o: CounterWatchViewOptions, session: LiveS
     const sampleMs = Number(process.hrtime.bigint() - t0) / 1e6;
     draw(watch.update(samples), sampleMs, final);
   };
-  try {
-    sample(false);
-    const timer = setInterval(() => sample(false), intervalMs);
-    try {
-      await new Promise<void>((resolve) => {
-        if (session.signal.aborted) resolve();
-        else session.signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-    } finally {
-      clearInterval(timer);
-    }
-    if (session.reason !== 'EPIPE') sample(true);
-  } finally {
-    source.close();
-  }
+  sample(false);
+  await everyUntilStopped(session, intervalMs, () => sample(false));
+  if (session.reason !== 'EPIPE') sample(true);
   const exitCode = session.exitCode ?? (o.failOnSuspect && suspectSeen > 0 ? EXIT_PROBLEM : EXIT_OK);
   return { exitCode, suspectSeen };
 }

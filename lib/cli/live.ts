@@ -1,5 +1,6 @@
 /** Shared pieces of the live commands: opening the tracer with one-line errors, status lines. */
 import { openTracer, Tracer, TracerError, TracerOptions } from '../tracer';
+import { CounterSource, CounterSourceError, CounterSourceKind, openCounterSource } from '../counters';
 import { CliError, EXIT_USAGE } from './errors';
 import type { LiveSession } from './lifecycle';
 
@@ -68,3 +69,29 @@ export class StatusLine {
   }
 }
 
+
+/** Opens KVM's counters (bpf-iter, else debugfs); failure is a one-line CliError (exit 2). */
+export function openCounterSourceForCli(prefer: CounterSourceKind | undefined, session: LiveSession): CounterSource {
+  let source: CounterSource;
+  try {
+    source = openCounterSource(prefer);
+  } catch (e) {
+    if (e instanceof CounterSourceError) throw new CliError(`cannot read KVM's counters: ${e.message}`, EXIT_USAGE);
+    throw e;
+  }
+  session.onClose(() => source.close());
+  return source;
+}
+
+/** Calls `tick` every intervalMs until the session ends (Ctrl-C, --duration, a stop). */
+export async function everyUntilStopped(session: LiveSession, intervalMs: number, tick: () => void): Promise<void> {
+  const timer = setInterval(tick, intervalMs);
+  try {
+    await new Promise<void>((resolve) => {
+      if (session.signal.aborted) resolve();
+      else session.signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+  } finally {
+    clearInterval(timer);
+  }
+}

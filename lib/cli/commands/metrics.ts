@@ -9,13 +9,13 @@ import type { AddressInfo } from 'node:net';
 import type { Command } from 'commander';
 import { retPfTable, StaleFaultDetector } from '../../detector';
 import { hostKernel } from '../../kernels';
-import { CounterSourceError, CounterView, CounterWatch, openCounterSource } from '../../counters';
+import { CounterView, CounterWatch } from '../../counters';
 import { Escalator } from '../../escalate';
 import { CounterMetrics, createMetricsServer, FaultMetrics } from '../../metrics';
 import type { Registry } from 'prom-client';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
-import { openTracerForCli } from '../live';
+import { everyUntilStopped, openCounterSourceForCli, openTracerForCli } from '../live';
 import { listenAddress, mode, ModeChoice, pid, positiveInt, seconds } from '../options';
 import type { LiveSession } from '../lifecycle';
 
@@ -67,14 +67,7 @@ async function serve(opts: Flags, session: LiveSession, registry: Registry, what
 
 /** Counters mode: sample every interval until the session ends; escalate suspect VMMs if asked. */
 async function runCounters(opts: Flags, session: LiveSession): Promise<void> {
-  let source;
-  try {
-    source = openCounterSource(opts.source);
-  } catch (e) {
-    if (e instanceof CounterSourceError) throw new CliError(`cannot read KVM's counters: ${e.message}`, EXIT_USAGE);
-    throw e;
-  }
-  session.onClose(() => source.close());
+  const source = openCounterSourceForCli(opts.source, session);
   const watch = new CounterWatch({ minAttempts: opts.suspectAttempts });
   const log = (event: Record<string, unknown>): void => { process.stderr.write(`kvmfault: escalation ${JSON.stringify(event)}\n`); };
   const escalator = opts.escalate ? new Escalator({ seconds: opts.escalateSeconds, cooldownSeconds: opts.escalateCooldown,
@@ -102,14 +95,9 @@ async function runCounters(opts: Flags, session: LiveSession): Promise<void> {
   const metrics = new CounterMetrics({ view: () => view, source: source.kind, kernel: hostKernel(), sampling: () => sampling, escalator });
   const what = `KVM counters from ${source.kind} every ${opts.interval} s${escalator ? `, escalating suspect VMMs for ${opts.escalateSeconds} s` : ''}`;
   await serve(opts, session, metrics.registry, what, async () => {
-    const timer = setInterval(sample, opts.interval * 1000);
     try {
-      await new Promise<void>((resolve) => {
-        if (session.signal.aborted) resolve();
-        else session.signal.addEventListener('abort', () => resolve(), { once: true });
-      });
+      await everyUntilStopped(session, opts.interval * 1000, sample);
     } finally {
-      clearInterval(timer);
       await escalator?.close();
     }
   });
