@@ -1,7 +1,8 @@
 /**
  * deploy/: the systemd unit (systemd-analyze verify and security), the Prometheus scrape config and
  * alert rules (promtool check config / check rules / test rules) and the Grafana dashboard
- * (structure; every series it queries is one lib/metrics.ts registers). No root, no KVM.
+ * (structure; every series it queries is one lib/metrics.ts registers, in either mode: the counters
+ * mode with --escalate, the default, and the tracer modes). No root, no KVM.
  * promtool comes from Debian's `prometheus` package, systemd-analyze from `systemd`: scripts/setup
  * installs both; a missing tool fails the test with that remedy.
  */
@@ -10,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import yaml from 'js-yaml';
-import { registeredMetricNames, runTool, SCRAPE_SERIES, seriesNames } from './helpers/promql';
+import { counterMetricNames, faultMetricNames, registeredMetricNames, runTool, SCRAPE_SERIES, seriesNames } from './helpers/promql';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const DEPLOY = path.join(ROOT, 'deploy');
@@ -36,10 +37,21 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('the registry the checks compare against is the real one (sanity)', () => {
+  it('the registries the checks compare against are the real ones, both modes (sanity)', () => {
+    const tracer = faultMetricNames();
+    const counters = counterMetricNames();
     for (const n of ['kvmfault_vcpu_state', 'kvmfault_vm_seconds_to_sign_bit', 'kvmfault_kernel_affected', 'kvmfault_dropped_records_total']) {
-      assert.ok(known.has(n), `${n} is registered by lib/metrics.ts`);
+      assert.ok(tracer.has(n), `${n} is registered by FaultMetrics`);
     }
+    for (const n of ['kvmfault_kvm_pf_taken_total', 'kvmfault_kvm_pf_fixed_total', 'kvmfault_vm_suspect', 'kvmfault_counters_sample_errors_total',
+      'kvmfault_escalation_verdict', 'kvmfault_escalations_total']) {
+      assert.ok(counters.has(n), `${n} is registered by CounterMetrics with an Escalator`);
+    }
+    // the sequence gauges and the kernel gauge have the same names in both modes (the alerts rely on it)
+    for (const n of ['kvmfault_vm_mmu_invalidate_seq', 'kvmfault_vm_invalidation_rate', 'kvmfault_vm_seconds_to_sign_bit', 'kvmfault_kernel_affected']) {
+      assert.ok(tracer.has(n) && counters.has(n), `${n} in both modes`);
+    }
+    assert.equal(known.size, new Set([...tracer, ...counters]).size, 'known is the union of both registries');
     assert.deepEqual(seriesNames('sum by (state) (rate(kvmfault_vcpu_faults_total{instance=~"$instance", vm!="x"}[5m])) > 0 and on(instance) up == 1'),
       ['kvmfault_vcpu_faults_total', 'up']);
   });
@@ -171,7 +183,20 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       }
     });
 
-    it('every expr names only series lib/metrics.ts registers (and up); the key ones are shown', () => {
+    it('every expr is valid PromQL (promtool check rules, each expr as a recording rule)', () => {
+      const rules = dataPanels.flatMap((p) => (p.targets ?? []).map((t) => ({
+        record: `panel_${p.id}_${t.refId}`,
+        // dashboard variables as Grafana substitutes them
+        expr: t.expr.replace(/\$\{?instance\}?/g, '.*'),
+      })));
+      const file = path.join(dir, 'dashboard.rules.yml');
+      writeFileSync(file, yaml.dump({ groups: [{ name: 'dashboard', rules }] }));
+      const r = runTool('promtool', ['check', 'rules', file], 'prometheus');
+      assert.equal(r.status, 0, output(r));
+      assert.match(output(r), new RegExp(`SUCCESS: ${rules.length} rules found`));
+    });
+
+    it('every expr names only series lib/metrics.ts registers in either mode (and up); the key ones are shown', () => {
       const used = new Set<string>();
       for (const p of dataPanels) {
         for (const t of p.targets ?? []) {
@@ -184,10 +209,13 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
         if (v.type === 'query' && q) {
           const m = /^label_values\((\w+),/.exec(q);
           assert.ok(m && known.has(m[1]), `variable ${v.name}: ${q}`);
+          // the host picker lists hosts in either mode: its metric is one both modes register
+          assert.ok(faultMetricNames().has(m[1]) && counterMetricNames().has(m[1]), `variable ${v.name}: ${m[1]} is registered in both modes`);
         }
       }
       for (const n of ['kvmfault_stuck_vcpus', 'kvmfault_vcpu_state', 'kvmfault_vm_mmu_invalidate_seq', 'kvmfault_vm_seconds_to_sign_bit',
-        'kvmfault_kernel_affected', 'kvmfault_dropped_records_total']) assert.ok(used.has(n), `a panel shows ${n}`);
+        'kvmfault_kernel_affected', 'kvmfault_dropped_records_total', 'kvmfault_suspect_vms', 'kvmfault_vm_suspect', 'kvmfault_kvm_pf_taken_total',
+        'kvmfault_kvm_pf_fixed_total', 'kvmfault_escalation_verdict', 'kvmfault_counters_sample_seconds']) assert.ok(used.has(n), `a panel shows ${n}`);
       const unused = [...known].filter((n) => !used.has(n));
       assert.deepEqual(unused, [], 'every registered metric has a panel');
     });
