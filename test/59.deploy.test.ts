@@ -114,7 +114,7 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
     it('promtool check rules', () => {
       const r = runTool('promtool', ['check', 'rules', path.join(PROM, 'kvmfault.rules.yml')], 'prometheus');
       assert.equal(r.status, 0, output(r));
-      assert.match(output(r), /SUCCESS: 5 rules found/);
+      assert.match(output(r), /SUCCESS: 8 rules found/);
     });
 
     it('promtool test rules: each alert fires on its series and stays quiet on the others', () => {
@@ -130,7 +130,7 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       assert.notEqual(b.status, 0, 'a wrong expected label makes promtool test rules fail');
     });
 
-    it('the rules: the four alerts the fleet needs, naming only registered metrics (and up)', () => {
+    it('the rules: the alerts the fleet needs in either mode, naming only registered metrics (and up)', () => {
       const doc = yaml.load(readFileSync(path.join(PROM, 'kvmfault.rules.yml'), 'utf8')) as { groups: { rules: { alert?: string; expr: string }[] }[] };
       const rules = doc.groups.flatMap((g) => g.rules);
       for (const r of rules) assert.deepEqual(unknownSeries(r.expr, known), [], `${r.alert}: ${r.expr}`);
@@ -139,6 +139,10 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       assert.match(expr('KvmInvalidateSeqNearSignBit'), /kvmfault_vm_seconds_to_sign_bit[\s\S]*kvmfault_kernel_affected == 1/);
       assert.match(expr('KvmfaultDroppingRecords'), /rate\(kvmfault_dropped_records_total\[/);
       assert.match(expr('KvmfaultExporterDown'), /up\{job="kvmfault"\} == 0/);
+      // counters mode (the default) and its escalations
+      assert.match(expr('KvmVmSuspect'), /^kvmfault_vm_suspect == 1$/);
+      assert.match(expr('KvmEscalationStuck'), /kvmfault_escalation_verdict\{state="stuck"\} == 1/);
+      assert.match(expr('KvmfaultCounterSamplesFailing'), /rate\(kvmfault_counters_sample_errors_total\[/);
       // and the test file covers every alert
       const tests = yaml.load(readFileSync(path.join(PROM, 'kvmfault.rules.test.yml'), 'utf8')) as { tests: { alert_rule_test: { alertname: string; exp_alerts: unknown[] }[] }[] };
       const cases = tests.tests.flatMap((t) => t.alert_rule_test);
