@@ -87,7 +87,7 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       if (r.status !== 0) assert.match(output(r), /\/usr\/bin\/kvmfault/);
     });
 
-    it('hardened: only CAP_BPF and CAP_PERFMON, no new privileges, read-only system, exposure <= 3.0', () => {
+    it('counters mode with --escalate, captures in the state directory; hardened: only CAP_BPF and CAP_PERFMON, no new privileges, read-only system, exposure <= 3.0', () => {
       const directive = (k: string) => [...text.matchAll(new RegExp(`^${k}=(.*)$`, 'gm'))].map((m) => m[1].trim());
       assert.deepEqual(directive('CapabilityBoundingSet'), ['CAP_BPF CAP_PERFMON']);
       assert.deepEqual(directive('AmbientCapabilities'), ['CAP_BPF CAP_PERFMON']);
@@ -95,6 +95,14 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
         assert.deepEqual(directive(k), [v], `${k}=${v}`);
       }
       assert.match(directive('SystemCallFilter')[0], /@system-service.*\bbpf\b.*\bperf_event_open\b/);
+      // counters mode with --escalate; the capture files go to the one writable place, the state directory
+      const exec = directive('ExecStart')[0];
+      assert.match(exec, / --mode counters\b/);
+      assert.match(exec, / --escalate\b/);
+      const escDir = / --escalate-dir (\S+)/.exec(exec)?.[1] ?? assert.fail(`ExecStart sets --escalate-dir: ${exec}`);
+      assert.deepEqual(directive('StateDirectory'), ['kvmfault']);
+      assert.ok(escDir === '/var/lib/kvmfault' || escDir.startsWith('/var/lib/kvmfault/'), `--escalate-dir ${escDir} is inside StateDirectory=kvmfault`);
+      assert.deepEqual(directive('ReadWritePaths'), [], 'nothing else writable');
       const file = copyWithLocalExec('kvmfault-metrics.service');
       // systemd's own score of the sandbox (0 best .. 10 worst); 30 = 3.0
       const r = runTool('systemd-analyze', ['security', '--offline=yes', '--threshold=30', '--no-pager', file], 'systemd');
