@@ -1,7 +1,8 @@
 /**
  * deploy/: the systemd unit (systemd-analyze verify and security), the Prometheus scrape config and
  * alert rules (promtool check config / check rules / test rules) and the Grafana dashboard
- * (structure; every series it queries is one lib/metrics.ts registers). No root, no KVM.
+ * (structure; every series it queries is one lib/metrics.ts registers, in either mode: the counters
+ * mode with --escalate, the default, and the tracer modes). No root, no KVM.
  * promtool comes from Debian's `prometheus` package, systemd-analyze from `systemd`: scripts/setup
  * installs both; a missing tool fails the test with that remedy.
  */
@@ -10,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import yaml from 'js-yaml';
-import { registeredMetricNames, runTool, SCRAPE_SERIES, seriesNames } from './helpers/promql';
+import { counterMetricNames, faultMetricNames, registeredMetricNames, runTool, SCRAPE_SERIES, seriesNames } from './helpers/promql';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const DEPLOY = path.join(ROOT, 'deploy');
@@ -36,10 +37,21 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('the registry the checks compare against is the real one (sanity)', () => {
+  it('the registries the checks compare against are the real ones, both modes (sanity)', () => {
+    const tracer = faultMetricNames();
+    const counters = counterMetricNames();
     for (const n of ['kvmfault_vcpu_state', 'kvmfault_vm_seconds_to_sign_bit', 'kvmfault_kernel_affected', 'kvmfault_dropped_records_total']) {
-      assert.ok(known.has(n), `${n} is registered by lib/metrics.ts`);
+      assert.ok(tracer.has(n), `${n} is registered by FaultMetrics`);
     }
+    for (const n of ['kvmfault_kvm_pf_taken_total', 'kvmfault_kvm_pf_fixed_total', 'kvmfault_vm_suspect', 'kvmfault_counters_sample_errors_total',
+      'kvmfault_escalation_verdict', 'kvmfault_escalations_total']) {
+      assert.ok(counters.has(n), `${n} is registered by CounterMetrics with an Escalator`);
+    }
+    // the sequence gauges and the kernel gauge have the same names in both modes (the alerts rely on it)
+    for (const n of ['kvmfault_vm_mmu_invalidate_seq', 'kvmfault_vm_invalidation_rate', 'kvmfault_vm_seconds_to_sign_bit', 'kvmfault_kernel_affected']) {
+      assert.ok(tracer.has(n) && counters.has(n), `${n} in both modes`);
+    }
+    assert.equal(known.size, new Set([...tracer, ...counters]).size, 'known is the union of both registries');
     assert.deepEqual(seriesNames('sum by (state) (rate(kvmfault_vcpu_faults_total{instance=~"$instance", vm!="x"}[5m])) > 0 and on(instance) up == 1'),
       ['kvmfault_vcpu_faults_total', 'up']);
   });
@@ -75,7 +87,7 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       if (r.status !== 0) assert.match(output(r), /\/usr\/bin\/kvmfault/);
     });
 
-    it('hardened: only CAP_BPF and CAP_PERFMON, no new privileges, read-only system, exposure <= 3.0', () => {
+    it('counters mode with --escalate, captures in the state directory; hardened: only CAP_BPF and CAP_PERFMON, no new privileges, read-only system, exposure <= 3.0', () => {
       const directive = (k: string) => [...text.matchAll(new RegExp(`^${k}=(.*)$`, 'gm'))].map((m) => m[1].trim());
       assert.deepEqual(directive('CapabilityBoundingSet'), ['CAP_BPF CAP_PERFMON']);
       assert.deepEqual(directive('AmbientCapabilities'), ['CAP_BPF CAP_PERFMON']);
@@ -83,6 +95,14 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
         assert.deepEqual(directive(k), [v], `${k}=${v}`);
       }
       assert.match(directive('SystemCallFilter')[0], /@system-service.*\bbpf\b.*\bperf_event_open\b/);
+      // counters mode with --escalate; the capture files go to the one writable place, the state directory
+      const exec = directive('ExecStart')[0];
+      assert.match(exec, / --mode counters\b/);
+      assert.match(exec, / --escalate\b/);
+      const escDir = / --escalate-dir (\S+)/.exec(exec)?.[1] ?? assert.fail(`ExecStart sets --escalate-dir: ${exec}`);
+      assert.deepEqual(directive('StateDirectory'), ['kvmfault']);
+      assert.ok(escDir === '/var/lib/kvmfault' || escDir.startsWith('/var/lib/kvmfault/'), `--escalate-dir ${escDir} is inside StateDirectory=kvmfault`);
+      assert.deepEqual(directive('ReadWritePaths'), [], 'nothing else writable');
       const file = copyWithLocalExec('kvmfault-metrics.service');
       // systemd's own score of the sandbox (0 best .. 10 worst); 30 = 3.0
       const r = runTool('systemd-analyze', ['security', '--offline=yes', '--threshold=30', '--no-pager', file], 'systemd');
@@ -102,7 +122,7 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
     it('promtool check rules', () => {
       const r = runTool('promtool', ['check', 'rules', path.join(PROM, 'kvmfault.rules.yml')], 'prometheus');
       assert.equal(r.status, 0, output(r));
-      assert.match(output(r), /SUCCESS: 5 rules found/);
+      assert.match(output(r), /SUCCESS: 8 rules found/);
     });
 
     it('promtool test rules: each alert fires on its series and stays quiet on the others', () => {
@@ -118,7 +138,7 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       assert.notEqual(b.status, 0, 'a wrong expected label makes promtool test rules fail');
     });
 
-    it('the rules: the four alerts the fleet needs, naming only registered metrics (and up)', () => {
+    it('the rules: the alerts the fleet needs in either mode, naming only registered metrics (and up)', () => {
       const doc = yaml.load(readFileSync(path.join(PROM, 'kvmfault.rules.yml'), 'utf8')) as { groups: { rules: { alert?: string; expr: string }[] }[] };
       const rules = doc.groups.flatMap((g) => g.rules);
       for (const r of rules) assert.deepEqual(unknownSeries(r.expr, known), [], `${r.alert}: ${r.expr}`);
@@ -127,6 +147,10 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       assert.match(expr('KvmInvalidateSeqNearSignBit'), /kvmfault_vm_seconds_to_sign_bit[\s\S]*kvmfault_kernel_affected == 1/);
       assert.match(expr('KvmfaultDroppingRecords'), /rate\(kvmfault_dropped_records_total\[/);
       assert.match(expr('KvmfaultExporterDown'), /up\{job="kvmfault"\} == 0/);
+      // counters mode (the default) and its escalations
+      assert.match(expr('KvmVmSuspect'), /^kvmfault_vm_suspect == 1$/);
+      assert.match(expr('KvmEscalationStuck'), /kvmfault_escalation_verdict\{state="stuck"\} == 1/);
+      assert.match(expr('KvmfaultCounterSamplesFailing'), /rate\(kvmfault_counters_sample_errors_total\[/);
       // and the test file covers every alert
       const tests = yaml.load(readFileSync(path.join(PROM, 'kvmfault.rules.test.yml'), 'utf8')) as { tests: { alert_rule_test: { alertname: string; exp_alerts: unknown[] }[] }[] };
       const cases = tests.tests.flatMap((t) => t.alert_rule_test);
@@ -171,7 +195,20 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
       }
     });
 
-    it('every expr names only series lib/metrics.ts registers (and up); the key ones are shown', () => {
+    it('every expr is valid PromQL (promtool check rules, each expr as a recording rule)', () => {
+      const rules = dataPanels.flatMap((p) => (p.targets ?? []).map((t) => ({
+        record: `panel_${p.id}_${t.refId}`,
+        // dashboard variables as Grafana substitutes them
+        expr: t.expr.replace(/\$\{?instance\}?/g, '.*'),
+      })));
+      const file = path.join(dir, 'dashboard.rules.yml');
+      writeFileSync(file, yaml.dump({ groups: [{ name: 'dashboard', rules }] }));
+      const r = runTool('promtool', ['check', 'rules', file], 'prometheus');
+      assert.equal(r.status, 0, output(r));
+      assert.match(output(r), new RegExp(`SUCCESS: ${rules.length} rules found`));
+    });
+
+    it('every expr names only series lib/metrics.ts registers in either mode (and up); the key ones are shown', () => {
       const used = new Set<string>();
       for (const p of dataPanels) {
         for (const t of p.targets ?? []) {
@@ -184,10 +221,13 @@ describe('59 deploy: systemd unit, Prometheus rules, Grafana dashboard', functio
         if (v.type === 'query' && q) {
           const m = /^label_values\((\w+),/.exec(q);
           assert.ok(m && known.has(m[1]), `variable ${v.name}: ${q}`);
+          // the host picker lists hosts in either mode: its metric is one both modes register
+          assert.ok(faultMetricNames().has(m[1]) && counterMetricNames().has(m[1]), `variable ${v.name}: ${m[1]} is registered in both modes`);
         }
       }
       for (const n of ['kvmfault_stuck_vcpus', 'kvmfault_vcpu_state', 'kvmfault_vm_mmu_invalidate_seq', 'kvmfault_vm_seconds_to_sign_bit',
-        'kvmfault_kernel_affected', 'kvmfault_dropped_records_total']) assert.ok(used.has(n), `a panel shows ${n}`);
+        'kvmfault_kernel_affected', 'kvmfault_dropped_records_total', 'kvmfault_suspect_vms', 'kvmfault_vm_suspect', 'kvmfault_kvm_pf_taken_total',
+        'kvmfault_kvm_pf_fixed_total', 'kvmfault_escalation_verdict', 'kvmfault_counters_sample_seconds']) assert.ok(used.has(n), `a panel shows ${n}`);
       const unused = [...known].filter((n) => !used.has(n));
       assert.deepEqual(unused, [], 'every registered metric has a panel');
     });

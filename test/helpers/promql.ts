@@ -1,20 +1,44 @@
 /**
- * What the deploy files (alert rules, the Grafana dashboard) may name: the metrics a real
- * FaultMetrics registry registers, and the series names a PromQL expression uses.
+ * What the deploy files (alert rules, the Grafana dashboard) may name: the metrics real registries
+ * register (FaultMetrics of the tracer modes, CounterMetrics of counters mode with --escalate), and
+ * the series names a PromQL expression uses.
  */
 import { spawnSync, SpawnSyncReturns } from 'node:child_process';
 import { RET_PF_6_1, StaleFaultDetector } from '../../lib/detector';
-import { FaultMetrics } from '../../lib/metrics';
+import { Escalator } from '../../lib/escalate';
+import { CounterMetrics, FaultMetrics } from '../../lib/metrics';
 
-/** Names registered by lib/metrics.ts, read from a live registry (not a copy of the list). */
-export function registeredMetricNames(): Set<string> {
+const KERNEL = { release: '6.1.0', affected: true } as const;
+
+/** Names a tracer-mode exporter registers (`metrics --mode auto|tracepoint|kprobe|fentry`), from a live registry. */
+export function faultMetricNames(): Set<string> {
   const m = new FaultMetrics({
     detector: new StaleFaultDetector({ retPf: RET_PF_6_1 }),
     tracerStats: () => ({ submitted: 0, dropped: 0, bpfStatsEnabled: false, programs: [], stream: null }),
-    kernel: { release: '6.1.0', affected: true },
+    kernel: KERNEL,
     mode: 'kprobe',
   });
   return new Set(m.registry.getMetricsAsArray().map((x) => x.name));
+}
+
+/**
+ * Names a counters-mode exporter with --escalate registers (`metrics`, the default mode), built the
+ * way lib/cli/commands/metrics.ts builds it; an Escalator with no capture dir needs no root.
+ */
+export function counterMetricNames(): Set<string> {
+  const m = new CounterMetrics({
+    view: () => null,
+    source: 'bpf-iter',
+    kernel: KERNEL,
+    sampling: () => ({ samples: 0, lastSampleSeconds: 0, errors: 0 }),
+    escalator: new Escalator({ captureDir: null }),
+  });
+  return new Set(m.registry.getMetricsAsArray().map((x) => x.name));
+}
+
+/** Names registered by lib/metrics.ts in either mode, read from live registries (not a copy of the list). */
+export function registeredMetricNames(): Set<string> {
+  return new Set([...faultMetricNames(), ...counterMetricNames()]);
 }
 
 /** Series Prometheus makes itself for every scrape target. */
