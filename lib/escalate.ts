@@ -66,6 +66,15 @@ export interface EscalationStats {
 
 const RANK: Record<string, number> = { stuck: 3, retrying: 2, progressing: 1 };
 
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, not ours
+  }
+}
+
 export class Escalator {
   readonly results = new Map<number, EscalationResult>();
   readonly stats: EscalationStats = { started: 0, finished: 0, failed: 0, skippedBusy: 0, skippedCooldown: 0 };
@@ -99,6 +108,7 @@ export class Escalator {
   /** Starts an escalation for the first suspect VMM that is not rate-limited. */
   consider(view: CounterView, nowMs = Date.now()): void {
     if (this.closed) return;
+    this.forgetExited(view);
     for (const vm of view.vms) {
       if (!vm.suspect || vm.pid === this.running?.pid) continue;
       if (this.running) {
@@ -112,6 +122,16 @@ export class Escalator {
         continue; // not logged every sample: once per cooldown would be noise
       }
       this.start(vm.pid, vm.name, nowMs);
+    }
+  }
+
+  /** Verdicts of VMMs that have exited are dropped (a restarted VM is a new one). */
+  private forgetExited(view: CounterView): void {
+    const present = new Set(view.vms.map((vm) => vm.pid));
+    for (const pid of [...this.results.keys(), ...this.lastStartMs.keys()]) {
+      if (present.has(pid) || pid === this.running?.pid || processExists(pid)) continue;
+      this.results.delete(pid);
+      this.lastStartMs.delete(pid);
     }
   }
 
