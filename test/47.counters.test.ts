@@ -4,6 +4,7 @@
  * pf_fixed flat) and like ordinary guests (retries among fixed faults, idle, emulation).
  */
 import assert from 'node:assert/strict';
+import { Escalator, EscalationResult } from '../lib/escalate';
 import { COUNTERS_OFFSETS, COUNTERS_SIZE, CounterSample, CounterWatch, KVM_STATS, KvmStatName, parseCounterRecords } from '../lib/counters';
 
 function sample(stats: Partial<Record<KvmStatName, number>>, over: Partial<CounterSample> = {}): CounterSample {
@@ -76,5 +77,19 @@ describe('47 KVM counters: records and the suspect rule', () => {
     v = w.update([sample({ pf_taken: 300, pf_fixed: 1 })], 3000);
     assert.equal(v.vms[0].vcpus[0].suspectSinceMs, 2000, 'a new suspect period starts at the last sample before it');
     assert.throws(() => new CounterWatch({ minAttempts: 0 }), /minAttempts must be >= 1/);
+  });
+
+  it('Escalator: no suspect VM, no escalation; the verdict of a VMM that exited is forgotten, a live one kept', () => {
+    const esc = new Escalator({ captureDir: null });
+    const verdict = (pid: number): EscalationResult => ({ pid, vmName: null, startedAtMs: 0, endedAtMs: 1, state: 'stuck', cause: 'seq-sign-extension',
+      confidence: 'high', decidedBy: 'behaviour', tid: 1, vcpu: 0, gpa: '0', seq: '80000000', records: 1, dropped: 0, mode: 'tracepoint', capture: null });
+    const gone = 0x3ffffffe; // above any pid_max: no such process
+    esc.results.set(gone, verdict(gone));
+    esc.results.set(process.pid, verdict(process.pid));
+    const w = new CounterWatch();
+    esc.consider(w.update([sample({}, { pid: process.pid })], 0));
+    assert.equal(esc.active, null, 'nothing suspect, nothing escalated');
+    assert.equal(esc.stats.started, 0);
+    assert.deepEqual([...esc.results.keys()], [process.pid]);
   });
 });
