@@ -88,4 +88,24 @@ describe('70 CLI usage: help and bad arguments', function () {
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /kvmfault: cannot create \/nonexistent-dir\/x.kvmf: ENOENT \(pick a writable path\)/);
   });
+
+  it(`the main job (no command) on this host: ${fs.existsSync('/dev/kvm') ? '/dev/kvm present' : 'no /dev/kvm'}`, function () {
+    this.timeout(150_000); // the demo runs 20 s
+    if (process.geteuid && process.geteuid() !== 0) throw new Error('the main job traces: run the suite as root');
+    const r = cliSync([], 120_000);
+    assert.equal(r.status, 0, r.stderr);
+    if (/VMM process\(es\) running/.test(r.stderr)) {
+      this.test!.title += ': VMs run here, so it watched them';
+    } else if (!fs.existsSync('/dev/kvm')) {
+      // no KVM: the incident's recorded trace, with what to do on a KVM host
+      assert.match(r.stderr, /no \/dev\/kvm to run the built-in guest .*replaying the incident's recorded trace/);
+      assert.match(r.stdout, /vCPUs: 2 stuck/);
+      assert.match(r.stdout, /cause seq-sign-extension \(high confidence, decided by behaviour\)/);
+      this.test!.title += ': replayed the incident trace (2 stuck, seq-sign-extension)';
+    } else {
+      assert.match(r.stderr, /running the built-in demo instead/);
+      assert.match(r.stdout, /^demo: two built-in KVM guests/m);
+      this.test!.title += ': ran the built-in demo';
+    }
+  });
 });

@@ -9,6 +9,9 @@
  */
 import type { Command } from 'commander';
 import { noVmsFound, scanRunningVms } from '../../doctor';
+import { analyzeFile, formatReport } from '../../analyze';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { escapeControl } from '../../escape';
 import { runWorkload, WorkloadError, WorkloadResult } from '../../workload';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
@@ -85,7 +88,8 @@ Examples:
   // the main job: `kvmfault` alone
   program
     .addHelpText('after', `
-With no command, kvmfault watches the VMs running on this host, or runs the demo when none run:
+With no command, kvmfault watches the VMs running on this host, or runs the demo when none run
+(or, on a host without /dev/kvm, replays the incident's recorded trace):
   sudo kvmfault                      watch every VM here, or the built-in demo
   sudo kvmfault doctor               check this host first`)
     .allowExcessArguments(true)
@@ -98,6 +102,16 @@ With no command, kvmfault watches the VMs running on this host, or runs the demo
         if (vms.length > 0) {
           process.stderr.write(`kvmfault: ${vms.length} VMM process(es) running (${vms.map((v) => `${escapeControl(v.comm)} pid ${v.pid}`).join(', ')}): watching them (Ctrl-C stops)\n`);
           process.exitCode = (await runWatch({ mode: 'auto' }, session)).exitCode;
+        } else if (!existsSync('/dev/kvm')) {
+          // No VM can run here (no KVM, e.g. a cloud VM without nested virtualisation): show what
+          // kvmfault says about the incident's own recorded trace instead, and how to go on.
+          const trace = path.join(__dirname, '../../../../examples/incident-trace.log');
+          process.stderr.write('kvmfault: no VMs run on this host and there is no /dev/kvm to run the built-in guest ' +
+            `(\`kvmfault doctor\` says why): replaying the incident's recorded trace (${path.relative(process.cwd(), trace)}) instead\n`);
+          process.stdout.write(formatReport(await analyzeFile(trace)) + '\n');
+          process.stderr.write('kvmfault: that was a recording. On a KVM host, `kvmfault` watches the running VMs live; ' +
+            '`kvmfault watch --counters` is the cheap first look; `kvmfault analyze FILE` reads your own traces.\n');
+          process.exitCode = EXIT_OK;
         } else {
           process.stderr.write(scan.unreadable === 0
             ? 'kvmfault: no VMs run on this host (no process holds a kvm-vm fd): running the built-in demo instead\n'
