@@ -96,9 +96,10 @@ export interface RingConsumerOptions {
   nativeCommit?: boolean;
 }
 
-// 4096 records (~500 KiB) keep a batch cache-resident between the header walk and the caller's
-// pass over it: full-ring drain measured 50M/s at 65536, 62M/s at 4096, 72M/s at 1024
-// (bench/RESULTS.md); 4096 keeps the per-batch overhead (one promise, one publish) small.
+// 4096 records (512 KiB of ring) stay in a 1 MiB L2 between the walk and the caller's pass over
+// them, and keep the per-batch overhead (one promise, one publish) small. With the fixed-stride
+// walk, 512 to 8192 drained a 64 MiB ring equally fast within the noise of a shared 2-core
+// machine (2026-12-01); before it, 1024 beat 4096 (72M/s vs 62M/s, bench/RESULTS.md).
 export const DEFAULT_MAX_BATCH = 4096;
 
 /**
