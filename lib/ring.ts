@@ -32,8 +32,6 @@ export const RINGBUF_DISCARD = 0x40000000;
 export const RINGBUF_LEN_MASK = 0x3fffffff;
 /** BPF_RINGBUF_HDR_SZ */
 export const RINGBUF_HEADER_SIZE = 8;
-/** 64 bytes in u32 words: from a record's header to its second cache line. */
-const SECOND_LINE_WORDS = 16;
 
 /** The ring regions as the addon hands them out (each created once per Ring). */
 export interface RingBuffers {
@@ -57,6 +55,12 @@ export interface NativeRing {
   pollStop(): void;
   /** Native publish of consumer_pos (release store + full fence). */
   commit(pos: number): void;
+  /**
+   * How many records in a row, the first with its header at byte `off` of the data area and the
+   * rest `stride` bytes apart, have header word `word` (at most `limit`); acquire loads,
+   * prefetching ahead.
+   */
+  countRun(off: number, stride: number, word: number, limit: number): number;
   /** Copying drain: payloads into recordSize-byte slots of dst; publishes consumer_pos. */
   drainCopy(dst: Uint8Array, recordSize?: number): number;
   close(): void;
@@ -87,9 +91,10 @@ export interface RingConsumerOptions {
   /** 'zero-copy' (default): batches are views of the ring. 'copy': drainCopy into a JS buffer. */
   mode?: 'zero-copy' | 'copy';
   /**
-   * Read every record header with Atomics.load. Default: only off x86-64. On x86-64 plain loads
-   * are enough: loads are not reordered with older loads (TSO), and V8 does not move memory
-   * accesses across the Atomics.load(producer_pos) builtin call that precedes them.
+   * Read the head record's header with Atomics.load. Default: only off x86-64. On x86-64 plain
+   * loads are enough: loads are not reordered with older loads (TSO), and V8 does not move memory
+   * accesses across the Atomics.load(producer_pos) builtin call that precedes them. The rest of
+   * a run is read by the addon's countRun() with acquire loads on every architecture.
    */
   atomicHeaders?: boolean;
   /** Publish consumer_pos with the native commit() instead of Atomics.store (for measuring). */
@@ -132,8 +137,6 @@ export class RingConsumer {
   private walked: number;
   /** Published to the kernel up to here. */
   private published: number;
-  /** Sink for the walk's second-line loads (their values mean nothing). */
-  private touched = 0;
 
   constructor(ring: NativeRing, options: RingConsumerOptions = {}) {
     const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH;
@@ -248,27 +251,13 @@ export class RingConsumer {
     }
     if (n === 1) {
       // The rest of the run: headers at a fixed stride, so every address is known before any
-      // header is loaded (the CPU overlaps the cache misses; a length-chained walk cannot).
-      // Each record's second cache line is loaded too (stride >= 128: it is inside the
-      // record): a dense stream is what the hardware prefetcher follows, and the caller's pass
-      // then finds the whole record in cache (measured: 1.5x the header-only walk).
-      // Indexes run on past the ring's end into the second mapping, as the payloads do:
+      // header is loaded and the cache misses overlap (a length-chained walk takes them one at
+      // a time). Counted natively: C can prefetch ahead, JS cannot (measured on a 64 MiB ring:
+      // ~1.3x the same loop in JS; bench/RESULTS.md). One call per batch; acquire loads.
+      // Offsets run on past the ring's end into the second mapping, as the payloads do:
       // first < size and the run is at most size bytes, so they stay inside the 2 * size data.
       const limit = Math.min(this.maxBatch - 1, Math.floor((prod - pos) / stride));
-      const step = stride >>> 2;
-      const w0 = (first + stride - RINGBUF_HEADER_SIZE) >>> 2;
-      const wEnd = w0 + limit * step;
-      let w = w0, touched = 0;
-      if (atomic) {
-        while (w < wEnd && Atomics.load(headers, w) === word) w += step;
-      } else {
-        while (w < wEnd && headers[w] === word) {
-          touched ^= headers[w + SECOND_LINE_WORDS];
-          w += step;
-        }
-      }
-      this.touched = touched; // keeps the loads: a load nobody uses may be dropped
-      const more = (w - w0) / step;
+      const more = limit > 0 ? this.ring.countRun(first - RINGBUF_HEADER_SIZE + stride, stride, word >>> 0, limit) : 0;
       n += more;
       pos += more * stride;
     }
