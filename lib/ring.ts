@@ -103,8 +103,8 @@ export interface RingConsumerOptions {
 
 // 4096 records (512 KiB of ring) stay in a 1 MiB L2 between the walk and the caller's pass over
 // them, and keep the per-batch overhead (one promise, one publish) small. With the fixed-stride
-// walk, 512 to 8192 drained a 64 MiB ring equally fast within the noise of a shared 2-core
-// machine (2026-12-01); before it, 1024 beat 4096 (72M/s vs 62M/s, bench/RESULTS.md).
+// walk 1024 drains a 64 MiB ring ~8% faster, within the noise of the shared machine it was
+// measured on (bench/RESULTS.md, 2026-12-01), and 4096 already beats C libbpf and copy mode.
 export const DEFAULT_MAX_BATCH = 4096;
 
 /**
