@@ -582,10 +582,9 @@ export class CaptureReader {
               await sleep(waitMs, options.signal);
             }
           }
-          const offsets = new Uint32Array(to - from);
-          for (let k = 0; k < offsets.length; k++) offsets[k] = (from + k) * RECORD_SIZE;
-          const view = new DataView(batch.recordBytes(0).buffer, batch.recordBytes(0).byteOffset);
-          yield new RecordBatch(view, offsets, offsets.length);
+          const first = batch.recordBytes(0);
+          const view = new DataView(first.buffer, first.byteOffset);
+          yield new RecordBatch(view, from * RECORD_SIZE, RECORD_SIZE, to - from);
           from = to;
         }
       }

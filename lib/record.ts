@@ -6,7 +6,7 @@
  *
  * EventBatch is what the detector, formatters, recorder and metrics consume: live zero-copy
  * ring batches, capture-file chunks and imported bpftrace logs all hand out RecordBatch views
- * over raw records (a DataView plus the byte offset of each record's payload), so there is
+ * over raw records (a DataView, the first record's byte offset and the stride), so there is
  * exactly one input type and one set of accessors.
  */
 
@@ -168,47 +168,54 @@ function hex64(lo: number, hi: number): string {
 }
 
 /**
- * The one EventBatch implementation: records at `offsets[0..length)` inside `view`.
- * Offsets are payload offsets (for ring records, past the 8-byte ring header).
+ * The one EventBatch implementation: `length` records at a fixed stride inside `view`, record i's
+ * payload at byte `base + i * stride`. A fixed stride needs no per-record offsets table: a ring
+ * batch is a run of same-size records (128 bytes apart: 8-byte header + 120-byte payload), a
+ * packed buffer (capture files, copies) has stride RECORD_SIZE.
  */
 export class RecordBatch implements EventBatch {
   length: number;
   private view: DataView;
-  private offsets: Uint32Array;
+  private base: number;
+  private stride: number;
 
-  constructor(view: DataView, offsets: Uint32Array, length: number) {
+  constructor(view: DataView, base: number, stride: number, length: number) {
     this.view = view;
-    this.offsets = offsets;
+    this.base = base;
+    this.stride = stride;
     this.length = length;
   }
 
   /** Re-point this batch (reused by streams so a pull allocates nothing). */
-  reset(view: DataView, offsets: Uint32Array, length: number): void {
+  reset(view: DataView, base: number, stride: number, length: number): void {
     this.view = view;
-    this.offsets = offsets;
+    this.base = base;
+    this.stride = stride;
     this.length = length;
   }
 
   /** A batch over `count` records packed back to back in `bytes` (capture files, copies). */
   static fromPacked(bytes: Uint8Array, count = Math.floor(bytes.byteLength / RECORD_SIZE)): RecordBatch {
-    const offsets = new Uint32Array(count);
-    for (let i = 0; i < count; i++) offsets[i] = i * RECORD_SIZE;
-    return new RecordBatch(new DataView(bytes.buffer, bytes.byteOffset, count * RECORD_SIZE), offsets, count);
+    return new RecordBatch(new DataView(bytes.buffer, bytes.byteOffset, count * RECORD_SIZE), 0, RECORD_SIZE, count);
   }
 
+  /** Byte offset of record i's payload in the view. */
+  private at(i: number): number {
+    return this.base + i * this.stride;
+  }
   private u32(i: number, off: number): number {
-    return this.view.getUint32(this.offsets[i] + off, true);
+    return this.view.getUint32(this.at(i) + off, true);
   }
   private u64(i: number, off: number): number {
-    const base = this.offsets[i] + off;
+    const base = this.at(i) + off;
     const lo = this.view.getUint32(base, true);
     const hi = this.view.getUint32(base + 4, true);
     if (hi === 0xffffffff && lo === 0xffffffff) return UNKNOWN;
     return hi * TWO32 + lo;
   }
 
-  kind(i: number): number { return this.view.getUint16(this.offsets[i] + RECORD_OFFSETS.kind, true); }
-  flags(i: number): number { return this.view.getUint16(this.offsets[i] + RECORD_OFFSETS.flags, true); }
+  kind(i: number): number { return this.view.getUint16(this.at(i) + RECORD_OFFSETS.kind, true); }
+  flags(i: number): number { return this.view.getUint16(this.at(i) + RECORD_OFFSETS.flags, true); }
   tsNs(i: number): number { return this.u64(i, RECORD_OFFSETS.ts_ns); }
   pid(i: number): number { return this.u32(i, RECORD_OFFSETS.pid); }
   tid(i: number): number { return this.u32(i, RECORD_OFFSETS.tid); }
@@ -228,11 +235,11 @@ export class RecordBatch implements EventBatch {
   faultSeq(i: number): number { return this.u64(i, RECORD_OFFSETS.fault_seq); }
   inProgress(i: number): number {
     // s64; -1 is the sentinel. Counts fit in 32 bits; read the low half signed.
-    return this.view.getInt32(this.offsets[i] + RECORD_OFFSETS.in_progress, true);
+    return this.view.getInt32(this.at(i) + RECORD_OFFSETS.in_progress, true);
   }
   rangeStart(i: number): number { return this.u64(i, RECORD_OFFSETS.range_start); }
   rangeEnd(i: number): number { return this.u64(i, RECORD_OFFSETS.range_end); }
-  ret(i: number): number { return this.view.getInt32(this.offsets[i] + RECORD_OFFSETS.ret, true); }
+  ret(i: number): number { return this.view.getInt32(this.at(i) + RECORD_OFFSETS.ret, true); }
   repeat(i: number): number { return this.u32(i, RECORD_OFFSETS.repeat); }
 
   get(i: number): FaultEvent {
@@ -262,12 +269,17 @@ export class RecordBatch implements EventBatch {
   }
 
   recordBytes(i: number): Uint8Array {
-    return new Uint8Array(this.view.buffer, this.view.byteOffset + this.offsets[i], RECORD_SIZE);
+    return new Uint8Array(this.view.buffer, this.view.byteOffset + this.at(i), RECORD_SIZE);
   }
 
   copy(): RecordBatch {
     const out = new Uint8Array(this.length * RECORD_SIZE);
-    for (let i = 0; i < this.length; i++) out.set(this.recordBytes(i), i * RECORD_SIZE);
+    const src = new Uint8Array(this.view.buffer, this.view.byteOffset, this.view.byteLength);
+    if (this.stride === RECORD_SIZE) {
+      out.set(src.subarray(this.base, this.base + this.length * RECORD_SIZE)); // packed: one copy
+    } else {
+      for (let i = 0; i < this.length; i++) out.set(src.subarray(this.at(i), this.at(i) + RECORD_SIZE), i * RECORD_SIZE);
+    }
     return RecordBatch.fromPacked(out, this.length);
   }
 }

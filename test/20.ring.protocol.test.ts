@@ -152,6 +152,30 @@ describe('20 ring protocol (real kernel, BPF_PROG_TEST_RUN producer)', function 
     }
   });
 
+  it('countRun: counts a run of equal headers, across the ring\'s end, and never reads outside the mapping', () => {
+    producer = openRingTest({ ringSize: RING_64K });
+    const ring = openRing(producer.ringFd());
+    try {
+      const slots = RING_64K / RING_SLOT;
+      const word = RING_SLOT - 8; // a committed record's header: payload length, no flag bits
+      assert.equal(ring.countRun(0, RING_SLOT, word, slots), 0, 'empty ring: no committed header');
+      assert.equal(producer.run(slots - 1), slots - 1);
+      assert.equal(ring.countRun(0, RING_SLOT, word, slots), slots - 1);
+      assert.equal(ring.countRun(0, RING_SLOT, word, 10), 10, 'stops at limit');
+      assert.equal(ring.countRun(RING_SLOT * 5, RING_SLOT, word, slots), slots - 6);
+      // the second mapping shows the same records: a run may go on past the ring's end
+      assert.equal(ring.countRun(RING_64K, RING_SLOT, word, slots), slots - 1);
+      // out of range or nonsense arguments: a short count, never a fault
+      assert.equal(ring.countRun(2 * RING_64K, RING_SLOT, word, slots), 0);
+      assert.equal(ring.countRun(2 * RING_64K - 4, RING_SLOT, word, 1 << 30) <= 1, true);
+      assert.equal(ring.countRun(0, 0, word, 1 << 30), 0);
+      assert.equal(ring.countRun(RING_64K + RING_SLOT * 5, RING_SLOT, word, 1 << 30), slots - 6);
+    } finally {
+      ring.close();
+    }
+    assert.throws(() => ring.countRun(0, RING_SLOT, 120, 1), /closed/);
+  });
+
   it('Ring rejects what is not a ring buffer map, with a clear error', () => {
     producer = openRingTest({ ringSize: RING_64K });
     assert.throws(() => openRing(-1), /file descriptor/);

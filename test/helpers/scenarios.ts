@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { Flag, Kind, RecordBatch, RecordWriter } from '../../lib/record';
+import { Flag, Kind, RECORD_SIZE, RecordBatch, RecordWriter } from '../../lib/record';
 
 /** The incident fixtures: the repo's copy (test/fixtures), else ../shared/fixtures beside the repo. */
 export function fixturePath(name: string): string {
@@ -235,9 +235,7 @@ export function chunked(batch: RecordBatch, size: number): RecordBatch[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset);
   for (let from = 0; from < batch.length; from += size) {
     const n = Math.min(size, batch.length - from);
-    const offsets = new Uint32Array(n);
-    for (let i = 0; i < n; i++) offsets[i] = (from + i) * 120;
-    out.push(new RecordBatch(view, offsets, n));
+    out.push(new RecordBatch(view, from * RECORD_SIZE, RECORD_SIZE, n));
   }
   return out;
 }
