@@ -59,12 +59,14 @@ async function once(mode: Mode, workload: NonNullable<CountersBenchOptions['work
     };
     child.go();
     if (source) {
-      // until the child's vCPUs exist, look every 10 ms: a run shorter than the interval is
+      // until every vCPU of the child exists, look every 10 ms: a run shorter than the interval is
       // sampled too; then every interval
       const intervalMs = mode === 'counters 1 s' ? 1000 : 100;
+      const expected = (workload.vms ?? 1) * (workload.vcpus ?? 1);
       const discover = (): void => {
         sample();
-        timer = setTimeout(vcpusSeen > 0 ? () => { timer = setInterval(sample, intervalMs); } : discover, vcpusSeen > 0 ? intervalMs : 10);
+        const all = vcpusSeen >= expected;
+        timer = setTimeout(all ? () => { timer = setInterval(sample, intervalMs); } : discover, all ? intervalMs : 10);
       };
       discover();
     }
