@@ -2,7 +2,7 @@
  * A REAL VMM on the incident kernels (issue #16): inside the 6.1-bug / 6.1-fixed test kernel
  * (scripts/kernels/matrix.sh, KVMFAULT_KERNEL_LINE=<line>), the host's own
  * `qemu-system-x86_64 -enable-kvm -cpu host` boots a Debian kernel (the line's 6.1 image) with a
- * tiny busybox initramfs built here: /init prints a marker, writes 32 MiB to a tmpfs, prints a
+ * tiny busybox initramfs built here: /init prints a marker, writes 16 MiB to a tmpfs, prints a
  * second marker, idles 5 s and powers off. kvmfault watches it as a user would (the CLI, a child).
  *
  * The VM's mmu_invalidate_seq starts at 0x80000000 (kvm.initial_invalidate_seq = 2147483648) on
@@ -30,13 +30,14 @@ const VM_NAME = 'incident-guest';
 const VCPU_THREAD = 'CPU 0/KVM';
 const MARK1 = 'KVMFAULT-GUEST-INIT';
 const MARK2 = 'KVMFAULT-GUEST-TOUCHED';
-const TOUCH_MIB = 32;
-/** the fixed guest: QEMU must have exited by then (measured ~10 s under nested SVM on TCG) */
-const BOOT_MAX_MS = 150_000;
+const TOUCH_MIB = 16;
+/** the fixed guest: QEMU must have exited by then (~10 s under nested SVM on TCG on an idle
+ *  machine, the reference measured; minutes on our shared 2-core one) */
+const BOOT_MAX_MS = 420_000;
 /** the bug guest: the stuck verdict must have reached us by then, counted from QEMU's start */
-const VERDICT_MAX_MS = 90_000;
+const VERDICT_MAX_MS = 180_000;
 /** the reset vector: the first instruction fetch of an x86 CPU (CS base 0xffff0000 + rip 0xfff0) */
-const RESET_VECTOR_GPA = '0xfffffff0';
+const RESET_VECTOR_GPA = 'fffffff0';  // as the verdict spells gpas: hex, no 0x
 
 function report(what: string, data: object): void {
   console.log(`@@kernels ${JSON.stringify({ kernel: release(), line: LINE, what, ...data })}`);
@@ -71,15 +72,21 @@ function guestKernel(): string {
   throw new Error(`no guest kernel image: tried ${tried.join(', ')}`);
 }
 
+/** The guest's /init. Its markers go through /dev/kmsg at level 2 (crit, shown at loglevel=4), i.e.
+ *  the kernel's polled console: a plain `echo` to the console (the 8250 tty driver, which waits for
+ *  the UART's interrupt) printed nothing in 400 s in the nested guest here (measured), while printk
+ *  lines came through. */
 const INIT = `#!/bin/busybox sh
+/bin/busybox mount -t devtmpfs dev /dev
+say() { echo "<2>$*" > /dev/kmsg; }
+say "${MARK1}"
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
-mount -t devtmpfs dev /dev 2>/dev/null
-echo "${MARK1} uptime $(cut -d' ' -f1 /proc/uptime)"
+say "init at uptime $(cut -d' ' -f1 /proc/uptime)"
 mkdir -p /mnt && mount -t tmpfs -o size=${TOUCH_MIB + 16}m tmpfs /mnt
 dd if=/dev/zero of=/mnt/fill bs=1M count=${TOUCH_MIB} 2>/dev/null
-echo "${MARK2} $(( $(wc -c < /mnt/fill) >> 20 )) MiB uptime $(cut -d' ' -f1 /proc/uptime)"
+say "${MARK2} $(( $(wc -c < /mnt/fill) >> 20 )) MiB uptime $(cut -d' ' -f1 /proc/uptime)"
 sleep 5
 poweroff -f
 `;
@@ -205,19 +212,23 @@ interface FixedRun {
   /** KVM's own counters for QEMU's vCPUs, twice while the guest idles after marker 2 */
   idle: { a: CounterSample[]; b: CounterSample[]; bAt: number } | null;
   countersError: string | null;
+  /** when QEMU's output came (s after its start) and how many characters */
+  outTimes: [number, number][];
 }
 
 async function runFixed(kernel: string, initrd: string): Promise<FixedRun> {
   setParam(START_SEQ);
-  const watch = cli(['watch', '--json', '--interval', '1', '--fail-on-stuck', '--duration', '300']);
+  const watch = cli(['watch', '--json', '--interval', '1', '--fail-on-stuck', '--duration', '900']);
   let q: Child | null = null;
   try {
     assert.ok(await started(watch, /watching in \w+ mode/) && watch.proc.exitCode === null, `kvmfault watch did not start: exit ${watch.proc.exitCode}\n${watch.stderr}`);
     const marks: { m1: number | null; m2: number | null } = { m1: null, m2: null };
     let text = '';
+    const outTimes: [number, number][] = [];
     const t0 = monoNs();
     q = qemu(kernel, initrd, (d, at) => {
       text += d;
+      outTimes.push([secs(t0, at), d.length]);
       if (marks.m1 === null && text.includes(MARK1)) marks.m1 = at;
       if (marks.m2 === null && text.includes(MARK2)) marks.m2 = at;
     });
@@ -260,7 +271,7 @@ async function runFixed(kernel: string, initrd: string): Promise<FixedRun> {
     return {
       qemuExit, qemuS, out: qc.out, qemuStderr: qc.stderr, qemuPid,
       mark1S: marks.m1 === null ? null : secs(t0, marks.m1), mark2S: marks.m2 === null ? null : secs(t0, marks.m2),
-      watchExit, watchStderr: watch.stderr, snapshots: snapshotsOf(watch), alerts: alertsOf(watch), idle, countersError,
+      watchExit, watchStderr: watch.stderr, snapshots: snapshotsOf(watch), alerts: alertsOf(watch), idle, countersError, outTimes,
     };
   } finally {
     if (q) await end(q, 2000);
@@ -291,11 +302,11 @@ async function runBug(kernel: string, initrd: string): Promise<BugRun> {
   setParam(START_SEQ);
   const seen: { stuck: BugRun['stuck']; suspect: { at: number; vm: VmCounterView } | null; lastVm: VmCounterView | null } = { stuck: null, suspect: null, lastVm: null };
   let qemuPid = -1;
-  const watch = cli(['watch', '--json', '--interval', '1', '--fail-on-stuck', '--duration', '300'], (l) => {
+  const watch = cli(['watch', '--json', '--interval', '1', '--fail-on-stuck', '--duration', '900'], (l) => {
     const v = l.obj.verdict as Verdict | undefined;
     if (l.obj.type === 'alert' && v?.state === 'stuck' && v.pid === qemuPid && !seen.stuck) seen.stuck = { at: l.at, verdict: v };
   });
-  const counters = cli(['watch', '--counters', '--json', '--interval', '1', '--fail-on-stuck', '--duration', '300'], (l) => {
+  const counters = cli(['watch', '--counters', '--json', '--interval', '1', '--fail-on-stuck', '--duration', '900'], (l) => {
     const vm = (l.obj.vms as VmCounterView[] | undefined)?.find((x) => x.pid === qemuPid);
     if (!vm) return;
     seen.lastVm = vm;
@@ -341,7 +352,7 @@ async function runBug(kernel: string, initrd: string): Promise<BugRun> {
 // ---- the tests ------------------------------------------------------------------------------------
 
 describe(`real VMM on incident kernel ${LINE || '(no line)'}: host QEMU -enable-kvm -cpu host boots a busybox guest, VM sequence from 0x80000000`, function () {
-  this.timeout(300_000);
+  this.timeout(900_000);
   let dir: string | null = null;
   let fixed: FixedRun | null = null;
   let bug: BugRun | null = null;
@@ -362,6 +373,7 @@ describe(`real VMM on incident kernel ${LINE || '(no line)'}: host QEMU -enable-
           guestSays: f.out.split(/\r?\n/).filter((l) => l.includes('KVMFAULT-GUEST')),
           alerts: f.alerts.map((a) => `${a.from} -> ${a.verdict.state}`), snapshots: f.snapshots.length, watchExit: f.watchExit,
           qemuStderr: f.qemuStderr.split('\n').filter(Boolean).slice(-5), countersError: f.countersError,
+          outTimes: f.outTimes.slice(0, 5).concat(f.outTimes.slice(-5)), outTail: f.out.slice(-600),
         });
       } else {
         const b = bug = await runBug(kernel, initrd);
@@ -393,7 +405,7 @@ describe(`real VMM on incident kernel ${LINE || '(no line)'}: host QEMU -enable-
   }
 
   if (VARIANT !== 'bug') {
-    it('the guest boots: prints both markers and powers off, QEMU exits 0 within 150 s', () => {
+    it(`the guest boots: prints both markers and powers off, QEMU exits 0 within ${BOOT_MAX_MS / 1000} s`, () => {
       const f = gotFixed();
       report('realvmm-boot', { qemuS: f.qemuS, mark1S: f.mark1S, mark2S: f.mark2S, qemuExit: f.qemuExit });
       assert.ok(f.mark1S !== null, `the guest never printed ${MARK1}; QEMU printed:\n${f.out.slice(-2000)}\n${f.qemuStderr.slice(-1000)}`);
