@@ -23,7 +23,7 @@
 import { Flag, Kind } from '../record';
 import { scanFields } from './bpftrace';
 import { V3_CONTINUATION } from './bpftrace-mail';
-import { createLineImporter, ImportContext, PSEUDO_GPA, TextImporter, TextImportOptions } from './text';
+import { createLineImporter, ImportContext, PSEUDO_GPA, TextImporter, TextImportOptions, countMatching } from './text';
 
 const STUCK = /^(\d{1,2}):(\d{2}):(\d{2})[:.](\d{1,9}) tid\[(\d{1,10})\] pid\[(\d{1,10})\] stuck @ rip (?:0x)?([0-9a-fA-F]{1,16})(?: \((\d{1,15}) hits?\))?,?(.*)$/;
 const STUCK_START = /^\d{1,2}:\d{2}:\d{2}[:.]\d{1,9} tid\[\d{1,10}\] pid\[\d{1,10}\] stuck\b/;
@@ -171,7 +171,5 @@ export function createBpftraceV2Importer(options: TextImportOptions = {}): TextI
 
 /** Lines of the input's head in these formats (format detection). */
 export function bpftraceV2Score(lines: readonly string[]): number {
-  let n = 0;
-  for (const l of lines) if (STUCK.test(l) || (UNIQ_START.test(l) && UNIQ.test(l))) n++;
-  return n;
+  return countMatching(lines, (l) => STUCK.test(l) || (UNIQ_START.test(l) && UNIQ.test(l)));
 }

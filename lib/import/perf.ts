@@ -8,7 +8,7 @@
  * an optional period, "system:event:", the event's fields. Mail damage: text.ts.
  */
 import { KvmTextEntry, kvmTextFormat } from './kvmevents';
-import { createLineImporter, TextImporter, TextImportOptions } from './text';
+import { createLineImporter, TextImporter, TextImportOptions, countMatching } from './text';
 
 // on cleaned lines; the lazy comm is followed by a blank and digits
 const HEAD = /^(.{0,64}?) ?(?:(\d{1,10})\/)?(\d{1,10}) (?:\[(\d{1,5})\] )?(\d{1,12})\.(\d{1,9}): (?:\d{1,20} )?([A-Za-z_]\w{0,63}):([A-Za-z_]\w{0,63}): ?(.*)$/;
@@ -31,7 +31,5 @@ export function createPerfScriptImporter(options: TextImportOptions = {}): TextI
 
 /** Lines of the input's head that are perf script events (format detection). */
 export function perfScriptScore(lines: readonly string[]): number {
-  let n = 0;
-  for (const l of lines) if (HEAD.test(l)) n++;
-  return n;
+  return countMatching(lines, (l) => HEAD.test(l));
 }

@@ -332,3 +332,10 @@ export function headLines(input: string | Uint8Array, maxLines = 2000, maxBytes 
   splitter.end();
   return out;
 }
+
+/** How many lines of the input's head pass `test` (each format's score for detection). */
+export function countMatching(lines: readonly string[], test: (line: string) => boolean): number {
+  let n = 0;
+  for (const l of lines) if (test(l)) n++;
+  return n;
+}

@@ -12,7 +12,7 @@
  * (lost events are counted). Mail damage: text.ts.
  */
 import { KvmTextEntry, kvmTextFormat } from './kvmevents';
-import { createLineImporter, TextImporter, TextImportOptions } from './text';
+import { createLineImporter, TextImporter, TextImportOptions, countMatching } from './text';
 
 // on cleaned lines (single blanks); linear: the lazy comm is followed by a literal '-' and digits
 const HEAD = /^(.{0,64}?)-(\d{1,10}) (?:\( ?(\d{1,10}|-{1,10}) ?\) )?\[(\d{1,5})\] (?:[.a-zA-Z0-9]{4,6} )?(\d{1,12})\.(\d{1,9}): ([A-Za-z_]\w{0,63}): ?(.*)$/;
@@ -36,9 +36,7 @@ export function createTraceCmdImporter(options: TextImportOptions = {}): TextImp
 
 /** Lines of the input's head that are trace-cmd events (format detection). */
 export function traceCmdScore(lines: readonly string[]): number {
-  let n = 0;
-  for (const l of lines) if (HEAD.test(l)) n++;
-  return n;
+  return countMatching(lines, (l) => HEAD.test(l));
 }
 
 
