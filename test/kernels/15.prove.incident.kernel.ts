@@ -103,7 +103,9 @@ describe(`kvmfault prove on ${release()}${LINE ? ` (line ${LINE})` : ''}`, funct
     const before = knobValue();
     if (before === null) {
       if (/-(bug|fixed)$/.test(LINE)) throw new Error(`line ${LINE} must have ${INITIAL_SEQ_KNOB} (scripts/kernels/incident.sh builds it in)`);
-      // without the knob a 2^31 climb under QEMU TCG does not fit any test timeout
+      // without the knob a 2^31 climb under QEMU TCG does not fit any test timeout; never reached
+      // in CI (this file runs only on the -bug/-fixed lines, which have the knob: thrown above)
+      console.log(`      [skipped: ${INITIAL_SEQ_KNOB} is missing on ${release()}, and without it prove needs 2^31 invalidations]`);
       this.skip();
     }
     const r = await runProve([], 240_000);
