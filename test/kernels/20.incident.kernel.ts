@@ -16,49 +16,28 @@
  * Each test prints `@@kernels {...}` JSON lines with what it measured (matrix.sh collects them).
  */
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { release } from 'node:os';
-import { join } from 'node:path';
 import type { Verdict, VmForecast } from '../../lib/detector';
 import { openTracer, TracerError, TracerMode } from '../../lib/tracer';
 import { CounterWatch, openCounterSource, VmCounterView } from '../../lib/counters';
+import { Child, CLI, cli, deadline, end, LINE, monoNs, PARAM, report, requireIncidentKernel, sleep, stopWatch, VARIANT, waitFor } from './incident-harness';
 
-const LINE = process.env.KVMFAULT_KERNEL_LINE ?? '';
-const VARIANT = /-bug$/.test(LINE) ? 'bug' : /-fixed$/.test(LINE) ? 'fixed' : null;
-const PARAM = '/sys/module/kvm/parameters/initial_invalidate_seq';
 const START_SEQ = 0x7ffffff0;
 const SIGN_BIT = 0x80000000;
 const RUNS = 40;
 /** the run during which the sequence reaches 0x80000000: invalidation k (after run k) sets START_SEQ + k */
 const CROSSING_RUN = SIGN_BIT - START_SEQ + 1;
-const CLI = join(__dirname, '../../lib/cli/main.js');
 /** the guest is given this long: on the bug kernel it hangs at the crossing (~run 17) */
 const WORKLOAD_TIMEOUT_MS = VARIANT === 'bug' ? 60_000 : 150_000;
 const WATCH_MAX_S = 120;
 /** kvmfault trace while the vCPU is stuck: given this long in all */
 const TRACE_MAX_MS = 60_000;
 
-function report(what: string, data: object): void {
-  console.log(`@@kernels ${JSON.stringify({ kernel: release(), line: LINE, what, ...data })}`);
-}
-
 const hex = (n: number): string => n.toString(16);
 const seqOf = (h: string | null | undefined): number | null => (h === null || h === undefined ? null : parseInt(h, 16));
-const monoNs = (): number => Number(process.hrtime.bigint());  // CLOCK_MONOTONIC = bpf_ktime_get_ns
-
-/** Fails (never skips) when this is not an incident kernel booted by the matrix, saying why. */
-function requireIncidentKernel(): void {
-  if (process.getuid?.() !== 0) throw new Error('incident-kernel tests need root (run them through scripts/kernels/matrix.sh 6.1-bug 6.1-fixed)');
-  if (!VARIANT) {
-    throw new Error(`KVMFAULT_KERNEL_LINE is '${LINE}', not a line ending in -bug or -fixed: run through scripts/kernels/matrix.sh 6.1-bug 6.1-fixed`);
-  }
-  if (!existsSync('/dev/kvm')) throw new Error(`kernel ${release()}: no /dev/kvm (matrix.sh loads kvm + kvm_amd)`);
-  if (!existsSync(PARAM)) {
-    throw new Error(`${PARAM} is missing: this kvm.ko is not one incident.sh built (line ${LINE}, kernel ${release()})`);
-  }
-}
 
 // ---- BTF ----------------------------------------------------------------------------------------
 
@@ -104,41 +83,6 @@ function stalenessProto(): { params: { name: string; type: string }[] } {
 
 // ---- the CLI as a child process -----------------------------------------------------------------
 
-interface JsonLine { at: number; obj: Record<string, unknown> }
-
-interface Child {
-  proc: ChildProcess;
-  lines: JsonLine[];
-  stdout: string[];
-  stderr: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
-}
-
-/** Runs `node main.js args`; stdout is kept as JSON lines stamped with their arrival time (mono ns). */
-function cli(args: string[], onLine?: (l: JsonLine) => void): Child {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const c: Child = { proc, lines: [], stdout: [], stderr: '', exited: null as never };
-  let buf = '';
-  proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    buf += d;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const text = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      c.stdout.push(text);
-      if (!text.startsWith('{')) continue;
-      try {
-        const l = { at: monoNs(), obj: JSON.parse(text) as Record<string, unknown> };
-        c.lines.push(l);
-        onLine?.(l);
-      } catch { /* a multi-line JSON document (workload --json): parsed whole at the end */ }
-    }
-  });
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { c.stderr += d; });
-  c.exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal, at: monoNs() })));
-  return c;
-}
-
 /** GET /metrics on loopback, the body */
 function scrape(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -149,30 +93,6 @@ function scrape(port: number): Promise<string> {
       res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve(text));
     }).on('error', reject);
   });
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-/** a deadline for Promise.race: unref'd, so a race already won does not keep mocha alive */
-const deadline = (ms: number): Promise<false> => new Promise((r) => setTimeout(() => r(false), ms).unref());
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(50);
-  }
-  return true;
-}
-
-/** Ends a child: SIGTERM, then SIGKILL. Says which one did it. */
-async function end(c: Child, graceMs = 5000): Promise<{ code: number | null; signal: NodeJS.Signals | null; by: string }> {
-  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return { code: c.proc.exitCode, signal: c.proc.signalCode, by: 'itself' };
-  c.proc.kill('SIGTERM');
-  const t = await Promise.race([c.exited, deadline(graceMs).then(() => null)]);
-  if (t) return { code: t.code, signal: t.signal, by: 'SIGTERM' };
-  c.proc.kill('SIGKILL');
-  const k = await c.exited;
-  return { code: k.code, signal: k.signal, by: 'SIGKILL' };
 }
 
 interface WorkloadJson {
@@ -239,18 +159,10 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
     const workloadExit = workloadDone ? { ...(await wl.exited), by: 'itself' } : await end(wl);
     const workloadMs = (monoNs() - w0) / 1e6;
     await sleep(1500);  // one more snapshot after the guest ended
-    let watchExit: Scenario['watchExit'];
-    if (watch.proc.exitCode === null && watch.proc.signalCode === null) {
-      watch.proc.kill('SIGINT');
-      const t = await Promise.race([watch.exited, deadline(10_000).then(() => null)]);
-      watchExit = t ? { code: t.code, signal: t.signal, by: 'SIGINT' } : await end(watch);
-    } else {
-      const t = await watch.exited;
-      watchExit = { code: t.code, signal: t.signal, by: 'itself' };
-    }
+    const watchExit = await stopWatch(watch);
     let parsed: WorkloadJson | null = null;
     try {
-      parsed = JSON.parse(wl.stdout.join('\n')) as WorkloadJson;
+      parsed = JSON.parse(wl.out) as WorkloadJson;
     } catch { /* killed before it printed */ }
     const alerts = watch.lines.filter((l) => l.obj.type === 'alert')
       .map((l) => ({ at: l.at, from: String(l.obj.from), verdict: l.obj.verdict as Verdict }));
@@ -354,7 +266,7 @@ describe(`incident kernel ${LINE || '(no line)'}: KVM's counters alone (BPF task
       }
       const exit = await end(wl);
       let parsed: WorkloadJson | null = null;
-      try { parsed = JSON.parse(wl.stdout.join('\n')) as WorkloadJson; } catch { /* killed: no result */ }
+      try { parsed = JSON.parse(wl.out) as WorkloadJson; } catch { /* killed: no result */ }
       report('counters', { suspectAfterMs: suspect?.ms ?? null, maxSeq: maxSeq >= 0 ? hex(maxSeq) : null, samples,
         msPerSample: samples ? sampleMs / samples : null, suspectVcpus: suspect?.view.vcpus.filter((v) => v.suspect).map((v) => ({ tid: v.tid, pfTaken: v.stats.pf_taken, pfFixed: v.stats.pf_fixed, retried: v.retriedInInterval })) ?? [],
         workloadExit: exit, runs: parsed?.runs.length ?? null });
