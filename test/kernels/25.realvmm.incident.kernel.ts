@@ -13,18 +13,15 @@
  * Each test prints `@@kernels {...}` lines with what it measured (matrix.sh collects them).
  */
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Verdict, VmForecast } from '../../lib/detector';
-import { openCounterSource, type CounterSample, type VmCounterView } from '../../lib/counters';
+import type { VmCounterView } from '../../lib/counters';
+import { Child, child, CLI, cli, deadline, end, LINE, monoNs, PARAM, report, requireIncidentKernel, sleep, stopWatch, VARIANT, waitFor } from './incident-harness';
 
-const LINE = process.env.KVMFAULT_KERNEL_LINE ?? '';
-const VARIANT = /-bug$/.test(LINE) ? 'bug' : /-fixed$/.test(LINE) ? 'fixed' : null;
-const PARAM = '/sys/module/kvm/parameters/initial_invalidate_seq';
 const START_SEQ = 0x80000000;
-const CLI = join(__dirname, '../../lib/cli/main.js');
 const TREE = resolve(__dirname, '../../..');
 const VM_NAME = 'incident-guest';
 const VCPU_THREAD = 'CPU 0/KVM';
@@ -41,22 +38,7 @@ const VERDICT_MAX_MS = 180_000;
 /** the reset vector: the first instruction fetch of an x86 CPU (CS base 0xffff0000 + rip 0xfff0) */
 const RESET_VECTOR_GPA = 'fffffff0';  // as the verdict spells gpas: hex, no 0x
 
-function report(what: string, data: object): void {
-  console.log(`@@kernels ${JSON.stringify({ kernel: release(), line: LINE, what, ...data })}`);
-}
-
-const monoNs = (): number => Number(process.hrtime.bigint());
 const secs = (fromNs: number, toNs = monoNs()): number => +((toNs - fromNs) / 1e9).toFixed(2);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const deadline = (ms: number): Promise<false> => new Promise((r) => setTimeout(() => r(false), ms).unref());
-
-/** Fails (never skips) when this is not an incident kernel booted by the matrix, saying why. */
-function requireIncidentKernel(): void {
-  if (process.getuid?.() !== 0) throw new Error('incident-kernel tests need root (run them through scripts/kernels/matrix.sh 6.1-bug 6.1-fixed)');
-  if (!VARIANT) throw new Error(`KVMFAULT_KERNEL_LINE is '${LINE}', not a line ending in -bug or -fixed: run through scripts/kernels/matrix.sh 6.1-bug 6.1-fixed`);
-  if (!existsSync('/dev/kvm')) throw new Error(`kernel ${release()}: no /dev/kvm (matrix.sh loads kvm + kvm_amd)`);
-  if (!existsSync(PARAM)) throw new Error(`${PARAM} is missing: this kvm.ko is not one incident.sh built (line ${LINE}, kernel ${release()})`);
-}
 
 // ---- the guest: a Debian kernel image + a busybox initramfs ---------------------------------------
 
@@ -113,62 +95,6 @@ function buildInitramfs(dir: string): string {
 
 // ---- children ---------------------------------------------------------------------------------
 
-interface JsonLine { at: number; obj: Record<string, unknown> }
-interface Child {
-  proc: ChildProcess;
-  lines: JsonLine[];
-  out: string;
-  stderr: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
-}
-
-function child(cmd: string, args: string[], onLine?: (l: JsonLine) => void, onText?: (text: string, at: number) => void): Child {
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const c: Child = { proc, lines: [], out: '', stderr: '', exited: null as never };
-  let buf = '';
-  proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    c.out += d;
-    onText?.(d, monoNs());
-    buf += d;
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const text = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      if (!text.startsWith('{')) continue;
-      try {
-        const l = { at: monoNs(), obj: JSON.parse(text) as Record<string, unknown> };
-        c.lines.push(l);
-        onLine?.(l);
-      } catch { /* not JSON */ }
-    }
-  });
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => { c.stderr += d; });
-  c.exited = new Promise((res) => proc.on('exit', (code, signal) => res({ code, signal, at: monoNs() })));
-  return c;
-}
-
-/** the CLI (node main.js ...), as a user runs it */
-const cli = (args: string[], onLine?: (l: JsonLine) => void): Child => child(process.execPath, [CLI, ...args], onLine);
-
-async function waitFor(cond: () => boolean, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await sleep(50);
-  }
-  return true;
-}
-
-async function end(c: Child, graceMs = 5000, sig: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null; by: string }> {
-  if (c.proc.exitCode !== null || c.proc.signalCode !== null) return { code: c.proc.exitCode, signal: c.proc.signalCode, by: 'itself' };
-  c.proc.kill(sig);
-  const t = await Promise.race([c.exited, deadline(graceMs).then(() => null)]);
-  if (t) return { code: t.code, signal: t.signal, by: sig };
-  c.proc.kill('SIGKILL');
-  const k = await c.exited;
-  return { code: k.code, signal: k.signal, by: 'SIGKILL' };
-}
-
 const started = (w: Child, re: RegExp): Promise<boolean> => waitFor(() => re.test(w.stderr) || w.proc.exitCode !== null, 60_000);
 
 /** QEMU as the brief has it, with two changes: `-name NAME,debug-threads=on` (what libvirt passes):
@@ -211,9 +137,6 @@ interface FixedRun {
   watchStderr: string;
   snapshots: Snapshot[];
   alerts: { at: number; from: string; verdict: Verdict }[];
-  /** KVM's own counters for QEMU's vCPUs, twice while the guest idles after marker 2 */
-  idle: { a: CounterSample[]; b: CounterSample[]; bAt: number } | null;
-  countersError: string | null;
   /** when QEMU's output came (s after its start) and how many characters */
   outTimes: [number, number][];
 }
@@ -236,44 +159,16 @@ async function runFixed(kernel: string, initrd: string): Promise<FixedRun> {
     });
     const qc = q;
     const qemuPid = qc.proc.pid!;
-    // while the guest idles after marker 2 (it sleeps 5 s): KVM's own counters, twice, to compare
-    // with the tracer's mapped count at the same quiet moment
-    let idle: FixedRun['idle'] = null;
-    let countersError: string | null = null;
-    const exitedFirst = await Promise.race([qc.exited.then(() => true), waitFor(() => marks.m2 !== null, BOOT_MAX_MS).then(() => false)]);
-    if (!exitedFirst && marks.m2 !== null) {
-      try {
-        const src = openCounterSource('bpf-iter');
-        try {
-          await sleep(1500);
-          const a = src.sample().filter((s) => s.pid === qemuPid);
-          await sleep(1500);
-          const b = src.sample().filter((s) => s.pid === qemuPid);
-          idle = { a, b, bAt: monoNs() };
-        } finally {
-          src.close();
-        }
-      } catch (e) {
-        countersError = (e as Error).message;
-      }
-    }
+    await Promise.race([qc.exited, waitFor(() => marks.m2 !== null, BOOT_MAX_MS)]);
     const done = await Promise.race([qc.exited.then(() => true), deadline(Math.max(1000, BOOT_MAX_MS - (monoNs() - t0) / 1e6))]);
     const qemuExit = done ? { ...(await qc.exited), by: 'itself' } : await end(qc);
     const qemuS = secs(t0, done ? (await qc.exited).at : monoNs());
     await sleep(1500);  // one more snapshot after the VM is gone
-    let watchExit: FixedRun['watchExit'];
-    if (watch.proc.exitCode === null && watch.proc.signalCode === null) {
-      watch.proc.kill('SIGINT');
-      const t = await Promise.race([watch.exited, deadline(10_000).then(() => null)]);
-      watchExit = t ? { code: t.code, signal: t.signal, by: 'SIGINT' } : await end(watch);
-    } else {
-      const t = await watch.exited;
-      watchExit = { code: t.code, signal: t.signal, by: 'itself' };
-    }
+    const watchExit = await stopWatch(watch);
     return {
       qemuExit, qemuS, out: qc.out, qemuStderr: qc.stderr, qemuPid,
       mark1S: marks.m1 === null ? null : secs(t0, marks.m1), mark2S: marks.m2 === null ? null : secs(t0, marks.m2),
-      watchExit, watchStderr: watch.stderr, snapshots: snapshotsOf(watch), alerts: alertsOf(watch), idle, countersError, outTimes,
+      watchExit, watchStderr: watch.stderr, snapshots: snapshotsOf(watch), alerts: alertsOf(watch), outTimes,
     };
   } finally {
     if (q) await end(q, 2000);
@@ -374,7 +269,7 @@ describe(`real VMM on incident kernel ${LINE || '(no line)'}: host QEMU -enable-
           qemuExit: f.qemuExit, qemuS: f.qemuS, mark1S: f.mark1S, mark2S: f.mark2S,
           guestSays: f.out.split(/\r?\n/).filter((l) => l.includes('KVMFAULT-GUEST')),
           alerts: f.alerts.map((a) => `${a.from} -> ${a.verdict.state}`), snapshots: f.snapshots.length, watchExit: f.watchExit,
-          qemuStderr: f.qemuStderr.split('\n').filter(Boolean).slice(-5), countersError: f.countersError,
+          qemuStderr: f.qemuStderr.split('\n').filter(Boolean).slice(-5),
           outTimes: f.outTimes.slice(0, 5).concat(f.outTimes.slice(-5)), outTail: f.out.slice(-600),
         });
       } else {
