@@ -28,11 +28,17 @@ const VCPU_THREAD = 'CPU 0/KVM';
 const MARK1 = 'KVMFAULT-GUEST-INIT';
 const MARK2 = 'KVMFAULT-GUEST-TOUCHED';
 const TOUCH_MIB = 16;
-/** the fixed guest is given this long. Under our nested SVM on TCG its kernel boots (SeaBIOS,
- *  the kernel's own messages) but /init's output has not been seen within 420 s (open: see
- *  docs/notes.md), so the test asserts what the kernel does meanwhile: the guest runs, its
- *  faults are mapped, nothing is stuck; the markers are reported when they come. */
-const BOOT_MAX_MS = 90_000;
+/** the fixed guest runs until its firmware has printed and KVM has mapped BOOT_MIN_MAPPED of its
+ *  faults (or /init's last marker came), then BOOT_OBSERVE_MS more, never longer than BOOT_CAP_MS.
+ *  A condition, not a fixed time: on an idle machine the firmware prints within ~10 s, but with
+ *  the other core busy the nested guest once printed only its first escape codes in 90 s (237
+ *  faults mapped). Under our nested SVM on TCG its kernel boots, but /init's output has not been
+ *  seen within 420 s (open: see docs/notes.md), so the test asserts what the guest does
+ *  meanwhile: it runs, its faults are mapped, nothing is stuck; the markers are reported when
+ *  they come. */
+const BOOT_CAP_MS = 300_000;
+const BOOT_OBSERVE_MS = 10_000;
+const BOOT_MIN_MAPPED = 100;
 /** the bug guest: the stuck verdict must have reached us by then, counted from QEMU's start */
 const VERDICT_MAX_MS = 180_000;
 /** the reset vector: the first instruction fetch of an x86 CPU (CS base 0xffff0000 + rip 0xfff0) */
@@ -110,6 +116,14 @@ function qemu(kernel: string, initrd: string, onText: (text: string, at: number)
 type Snapshot = { at: number; type: string; vms: (VmForecast & { name: string | null })[]; vcpus: (Verdict & { threadName: string | null })[] };
 const snapshotsOf = (w: Child): Snapshot[] => w.lines.filter((l) => l.obj.type === 'snapshot' || l.obj.type === 'final')
   .map((l) => ({ at: l.at, type: String(l.obj.type), vms: l.obj.vms as Snapshot['vms'], vcpus: l.obj.vcpus as Snapshot['vcpus'] }));
+/** mapped faults of pid's vCPUs in watch's latest snapshot (cumulative counts) */
+function lastMapped(w: Child, pid: number): number {
+  for (let i = w.lines.length - 1; i >= 0; i--) {
+    const o = w.lines[i].obj;
+    if (o.type === 'snapshot') return Math.max(0, ...(o.vcpus as Snapshot['vcpus']).filter((v) => v.pid === pid).map((v) => v.mapped));
+  }
+  return 0;
+}
 const alertsOf = (w: Child): { at: number; from: string; verdict: Verdict }[] => w.lines.filter((l) => l.obj.type === 'alert')
   .map((l) => ({ at: l.at, from: String(l.obj.from), verdict: l.obj.verdict as Verdict }));
 
@@ -159,8 +173,10 @@ async function runFixed(kernel: string, initrd: string): Promise<FixedRun> {
     });
     const qc = q;
     const qemuPid = qc.proc.pid!;
-    await Promise.race([qc.exited, waitFor(() => marks.m2 !== null, BOOT_MAX_MS)]);
-    const done = await Promise.race([qc.exited.then(() => true), deadline(Math.max(1000, BOOT_MAX_MS - (monoNs() - t0) / 1e6))]);
+    const booted = (): boolean => marks.m2 !== null || (/SeaBIOS/.test(text) && lastMapped(watch, qemuPid) >= BOOT_MIN_MAPPED);
+    await Promise.race([qc.exited, waitFor(booted, BOOT_CAP_MS)]);
+    const observeMs = Math.min(BOOT_OBSERVE_MS, Math.max(1000, BOOT_CAP_MS - (monoNs() - t0) / 1e6));
+    const done = await Promise.race([qc.exited.then(() => true), deadline(observeMs)]);
     const qemuExit = done ? { ...(await qc.exited), by: 'itself' } : await end(qc);
     const qemuS = secs(t0, done ? (await qc.exited).at : monoNs());
     await sleep(1500);  // one more snapshot after the VM is gone
@@ -302,12 +318,12 @@ describe(`real VMM on incident kernel ${LINE || '(no line)'}: host QEMU -enable-
   }
 
   if (VARIANT !== 'bug') {
-    it(`the guest runs past the reset vector on the fixed kernel: SeaBIOS and its kernel print, KVM maps its faults, 100 or more (the bug kernel: none), within ${BOOT_MAX_MS / 1000} s`, () => {
+    it(`the guest runs past the reset vector on the fixed kernel: SeaBIOS and its kernel print, KVM maps its faults, ${BOOT_MIN_MAPPED} or more (the bug kernel: none), within ${BOOT_CAP_MS / 1000} s`, () => {
       const f = gotFixed();
       const mapped = Math.max(0, ...f.snapshots.flatMap((s) => s.vcpus.filter((v) => v.pid === f.qemuPid).map((v) => v.mapped)));
       report('realvmm-boot', { qemuS: f.qemuS, mark1S: f.mark1S, mark2S: f.mark2S, qemuExit: f.qemuExit, mapped, outBytes: f.out.length });
       assert.match(f.out, /SeaBIOS/, `QEMU's firmware printed nothing: ${f.out.slice(-1000)}\n${f.qemuStderr.slice(-1000)}`);
-      assert.ok(mapped >= 100, `the tracer saw ${mapped} mapped faults of QEMU's vCPU (the bug kernel maps none)`);
+      assert.ok(mapped >= BOOT_MIN_MAPPED, `the tracer saw ${mapped} mapped faults of QEMU's vCPU (the bug kernel maps none)`);
     });
 
     it('no vCPU is ever stuck: no stuck alert, no stuck vCPU in any snapshot, watch stopped by us', () => {
