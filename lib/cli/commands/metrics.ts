@@ -7,8 +7,8 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { Command } from 'commander';
-import { retPfTable, StaleFaultDetector } from '../../detector';
-import { hostKernel } from '../../kernels';
+import { StaleFaultDetector } from '../../detector';
+import { hostKernel, retPfTable } from '../../kernels';
 import { CounterView, CounterWatch } from '../../counters';
 import { Escalator } from '../../escalate';
 import { CounterMetrics, createMetricsServer, FaultMetrics } from '../../metrics';
@@ -138,7 +138,7 @@ Scrape config and alert rules: docs/prometheus.md`)
         } else {
           const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid }, session);
           const kernel = hostKernel();
-          const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf), kernel });
+          const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf, kernel), kernel });
           const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode });
           await serve(opts, session, metrics.registry, `${tracer.mode} mode`, async () => {
             for await (const batch of tracer.events({ signal: session.signal })) detector.push(batch);
