@@ -255,7 +255,8 @@ export function hostKernel(): KernelInfo {
 export const SIGN_BIT_SEQ = 0x80000000;
 
 /**
- * RET_PF_* values of one kernel, names without the prefix (they differ per kernel: KERNELS.md).
+ * RET_PF_* values of one kernel, names without the prefix (they differ per kernel: the enum in
+ * arch/x86/kvm/mmu/mmu_internal.h; the values 6.1 and 6.12 report are in docs/kernels.md).
  * FAULT_RET records carry them; FIXED, SPURIOUS, EMULATE and WRITE_PROTECTED mean the fault was
  * handled (mapped), RETRY that it was abandoned (stale, or an invalidation in progress).
  */

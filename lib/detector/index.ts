@@ -9,7 +9,7 @@
  * The rules and their English are in rules.ts, the flag bits in flags.ts, the per-VM rate
  * window in rate.ts; the RET_PF_* tables and which one applies are kernel knowledge (kernels.ts).
  *
- * What counts (DESIGN.md, "The stale-fault detector"):
+ * What counts (README, "Verdicts: StaleFaultDetector", says it for users):
  * - attempt: a FAULT record (handler entry), or a FAULTIN record that is not the fault-in step of
  *   an attempt whose FAULT was already counted. `repeat` counts: a record standing for N events
  *   is N attempts (coalesced records; the bpftrace importer turns the "(N hits)" counter into it).

@@ -12,7 +12,7 @@
  * cut) and the cost per record stays O(1). A record older than all before it moves the axis'
  * start back (rebase()); a record without a timestamp counts at the last known time.
  *
- * Attempts are counted as the detector counts them (lib/detector.ts): a FAULT record, or a
+ * Attempts are counted as the detector counts them (lib/detector/index.ts): a FAULT record, or a
  * FAULTIN that is not the fault-in step of the FAULT just before it on the same gpa; `repeat`
  * (coalesced records, the bpftrace "(N hits)" counter) counts N. Mapped: a MAP record, or
  * FAULT_RET with a RET_PF_* value that means the fault was handled.

@@ -452,7 +452,7 @@ describe(`kernel matrix on ${release()}: CO-RE relocations`, function () {
       const relocated = new Set([...found].map((k) => spec.get(k)!.target));
       report('core', { mode, relocated: [...relocated].sort(), absent: [...absent].sort() });
       assert.deepEqual(unguarded, [], `relocations with no target and no field-exists guard:\n  ${unguarded.join('\n  ')}`);
-      // the fields the fault analysis stands on exist on every kernel of the matrix (KERNELS.md)
+      // the fields the fault analysis stands on exist on every kernel of the matrix (docs/kernels.md)
       for (const need of ['kvm.mmu_invalidate_seq', 'kvm.mmu_invalidate_in_progress', 'kvm_page_fault.gfn']) {
         assert.ok(relocated.has(need), `${need} did not relocate on ${release()}; relocated: ${[...relocated].join(', ')}`);
       }
