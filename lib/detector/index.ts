@@ -32,7 +32,7 @@ import { handledRets, KernelEvidence, RET_PF_6_1, RetPfTable, SIGN_BIT_SEQ } fro
 import { hex64, hexNum } from '../hex';
 import { AFTER_GAP, FAULT_COUNTED, MAPPED, RANGE_GFN, SIGN_EXTENDED } from './flags';
 import {
-  C_INVAL, C_NONE, C_SIGN, CAUSE_NAMES, causeOf, confidenceOf, decidedByOf, evictedExplanation, explain,
+  C_NONE, C_SIGN, CAUSE_NAMES, causeOf, confidenceOf, decidedByOf, evictedExplanation, explain,
   forecastWarning, isSignature, STATE_NAMES,
 } from './rules';
 import { SlotTable } from './slots';
