@@ -17,7 +17,7 @@ export { TextFormatter } from './format';
 export type { TextFormatterOptions } from './format';
 
 // verdicts, and the kernel judgement they use
-export { formatDuration, StaleFaultDetector } from './detector';
+export { StaleFaultDetector } from './detector';
 export type {
   DetectorKernel, DetectorOptions, DetectorStats, InvalidationRange, StuckCause, VcpuState, Verdict, VerdictListener, VmForecast,
 } from './detector';
@@ -25,7 +25,7 @@ export { hostKernel, judgeKernel, judgeStaleCheck, retPfTable, SIGN_BIT_SEQ } fr
 export type { KernelEvidence, KernelInfo, KernelStatus, KernelVersion, RetPfTable, StaleCheckSignature } from './kernels';
 
 // capture files, bpftrace logs, analysis
-export { CaptureError, CaptureReader, CaptureWriter, isCapture, openCapture, openCaptureBytes } from './capture';
+export { CaptureError, CaptureReader, CaptureWriter, openCapture, openCaptureBytes } from './capture';
 export type { CaptureDamage, CaptureField, CaptureHeader, CaptureMeta, CaptureWriterOptions, ReplayOptions } from './capture';
 export { createBpftraceImporter, importBpftraceLog } from './import/bpftrace';
 export type { BpftraceImport, BpftraceImporter, BpftraceImportOptions, SkippedLine } from './import/bpftrace';
