@@ -6,9 +6,10 @@ const { openTracer, StaleFaultDetector, retPfTable, hostKernel, runWorkload } = 
 async function main() {
   const tracer = await openTracer({ pid: process.pid }); // the guest below runs in this process
   const changes = { progressing: 0, retrying: 0, stuck: 0 };
+  const kernel = hostKernel();                 // is this kernel affected by the sign-extension bug?
   const detector = new StaleFaultDetector({
-    retPf: retPfTable(tracer.retPf), // this kernel's RET_PF_* values (they differ between kernels)
-    kernel: hostKernel(),            // is this kernel affected by the sign-extension bug?
+    retPf: retPfTable(tracer.retPf, kernel),   // this kernel's RET_PF_* values (they differ between kernels)
+    kernel,
     onVerdict: (v) => { // every change of a vCPU's state; a race flips it on every page
       changes[v.state]++;
       if (v.state !== 'progressing' && changes[v.state] <= 3) console.log(`${v.state}: tid ${v.tid} ${v.explanation}`);

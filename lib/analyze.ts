@@ -5,13 +5,13 @@
  */
 import { createReadStream, promises as fsp } from 'node:fs';
 import { CaptureDamage, CaptureError, CaptureMeta, CaptureReader, isCapture, openCapture } from './capture';
-import { DetectorOptions, RET_PF_6_1, RET_PF_6_12, RetPfTable, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
+import { DetectorOptions, StaleFaultDetector, Verdict, VmForecast, DetectorStats, formatDuration } from './detector';
 import { DETECT_BYTES, looksLikeBpftraceLog, SkippedLine } from './import/bpftrace';
 import { createMailBpftraceImporter } from './import/bpftrace-mail';
 import { escapeControl } from './escape';
 import { createTextImporter, detectTextFormat, TEXT_FORMAT_NAMES, TextFormat } from './import/index';
 import { CounterVm, EvidenceLines, PSEUDO_GPA } from './import/text';
-import { judgeKernel, KernelInfo, StaleCheckSignature } from './kernels';
+import { judgeKernel, KernelInfo, retPfTable, RetPfTable, StaleCheckSignature } from './kernels';
 import type { EventBatch } from './record';
 import { Timeline, TimelineData } from './report/timeline';
 
@@ -86,14 +86,6 @@ export class AnalyzeInputError extends Error {
     super(message);
     this.name = 'AnalyzeInputError';
   }
-}
-
-function retPfFor(kernel: KernelInfo | null): RetPfTable {
-  const v = kernel?.version;
-  if (v && (v.major > 6 || (v.major === 6 && v.minor >= 12))) return { ...RET_PF_6_12 };
-  // 5.x (KERNELS.md: 5.10 and 5.15 have RETRY 0 / FIXED 3, no RET_PF_CONTINUE)
-  if (v && v.major < 6) return { RETRY: 0, EMULATE: 1, INVALID: 2, FIXED: 3, SPURIOUS: 4 };
-  return { ...RET_PF_6_1 };
 }
 
 /**
@@ -200,9 +192,7 @@ async function analyzeCapture(path: string, bytes: number, options: AnalyzeOptio
       isStaleCheck(meta.staleCheck) ? meta.staleCheck : null);
     st.kernelSource = 'capture';
   }
-  const retPf = meta.retPf && Number.isInteger(meta.retPf.RETRY) && Number.isInteger(meta.retPf.FIXED) && Number.isInteger(meta.retPf.SPURIOUS)
-    ? (meta.retPf as unknown as RetPfTable)
-    : retPfFor(st.kernel);
+  const retPf = retPfTable(meta.retPf, st.kernel);
   const detector = st.makeDetector(retPf);
   const timeline = st.timeline;
   const records = await feedCapture(reader, detector, timeline ? (b) => timeline.push(b) : undefined);
@@ -252,8 +242,8 @@ export async function analyzeStream(path: string, source: AsyncIterable<Buffer |
           st.kernel = judgeKernel(imp.kernel);
           st.kernelSource = 'trace text';
         }
-        // the incident's logs come from 6.1 hosts: MAP_RET ret = 4 is RET_PF_FIXED there
-        textRetPf = st.kernel ? retPfFor(st.kernel) : { ...RET_PF_6_1 };
+        // no kernel named: the incident's logs come from 6.1 hosts (MAP_RET ret = 4 is RET_PF_FIXED there)
+        textRetPf = retPfTable(null, st.kernel);
         textDetector = st.makeDetector(textRetPf);
       }
       return textDetector;
@@ -272,7 +262,7 @@ export async function analyzeStream(path: string, source: AsyncIterable<Buffer |
     });
   }
 
-  const retPf = st.kernel ? retPfFor(st.kernel) : { ...RET_PF_6_1 };
+  const retPf = retPfTable(null, st.kernel);
   const detector = st.makeDetector(retPf);
   const imp = createTextImporter(format, { onBatch: (b) => {
     detector.push(b);

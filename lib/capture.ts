@@ -32,9 +32,8 @@
 import { promises as fsp, openSync, readFileSync, writeSync, fsyncSync, closeSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
 import { EventBatch, RECORD_OFFSETS, RECORD_SIZE, RECORD_VERSION, RecordBatch } from './record';
-import { retPfTable } from './detector';
 import { monotonicEpochMs } from './format';
-import { hostKernel } from './kernels';
+import { hostKernel, retPfTable } from './kernels';
 
 export const CAPTURE_MAGIC = 'KVMFCAP\0';
 /** The version this kvmfault writes; it reads this one and version 1. */
@@ -102,7 +101,7 @@ export function liveCaptureMeta(tracer: { retPf: Readonly<Record<string, number>
     procVersion,
     staleCheck: hostKernel().btf,
     bootTimeMs: monotonicEpochMs(),
-    retPf: { ...retPfTable(tracer.retPf) },
+    retPf: { ...retPfTable(tracer.retPf, hostKernel()) },
     mode: tracer.mode,
     rangeIsGfn: tracer.rangeIsGfn,
     pid: o.pid ?? null,

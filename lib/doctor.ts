@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { hostKernel, KernelInfo } from './kernels';
 import { vmNameFromArgv } from './procinfo';
 import { escapeControl } from './escape';
+import { parseKallsyms, PROBED_FUNCTIONS, readKallsyms, REMEDY, TRACEPOINTS } from './probes';
 import { detectKvmHost } from './workload';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'info';
@@ -57,8 +58,10 @@ export interface ProbePoints {
   tracefsMounted: boolean;
   kprobeEvents: boolean;
   kprobePmu: boolean;
-  /** kallsyms names of the fault path (true: the symbol exists, so it can be probed) */
+  /** the functions the kprobe and fentry modes probe (probes.ts): true when kallsyms has them, so they can be probed */
   functions: Record<string, boolean>;
+  /** the symbol each found function has in kallsyms, when the compiler renamed it (direct_page_fault.isra.0) */
+  symbols: Record<string, string>;
   /** tracepoints of the kvm and kvmmmu systems that kvmfault uses, present or not */
   tracepoints: Record<string, boolean>;
 }
@@ -95,10 +98,8 @@ export interface DoctorOptions {
 }
 
 const CAP_SYS_ADMIN = 21, CAP_PERFMON = 38, CAP_BPF = 39;
-export const FAULT_FUNCTIONS = ['kvm_mmu_faultin_pfn', '__kvm_faultin_pfn', 'kvm_faultin_pfn', 'direct_page_fault',
-  'kvm_tdp_page_fault', 'kvm_tdp_mmu_page_fault', 'paging64_page_fault', 'kvm_mmu_page_fault'];
-export const TRACEPOINTS = ['kvm/kvm_page_fault', 'kvm/kvm_unmap_hva_range', 'kvm/kvm_exit', 'kvmmmu/kvm_mmu_pagetable_walk',
-  'kvmmmu/kvm_mmu_spte_requested', 'kvmmmu/kvm_mmu_set_spte'];
+/** the tracepoints the tracer attaches to, as system/name */
+const TRACEPOINT_PATHS = TRACEPOINTS.map((t) => `${t.system}/${t.name}`);
 
 function read(p: string): string | null {
   try {
@@ -220,15 +221,14 @@ function probePoints(root: string): ProbePoints {
     }
   }
   const tracepoints: Record<string, boolean> = {};
-  for (const tp of TRACEPOINTS) tracepoints[tp] = tracefs !== null && fs.existsSync(path.join(tracefs, 'events', tp));
+  for (const tp of TRACEPOINT_PATHS) tracepoints[tp] = tracefs !== null && fs.existsSync(path.join(tracefs, 'events', tp));
+  // the tracer's own lookup: a renamed function (direct_page_fault.isra.0) is found and probed
+  const found = parseKallsyms(readKallsyms(root), PROBED_FUNCTIONS);
   const functions: Record<string, boolean> = {};
-  for (const f of FAULT_FUNCTIONS) functions[f] = false;
-  const kallsyms = read(path.join(root, 'proc/kallsyms'));
-  if (kallsyms) {
-    for (const f of FAULT_FUNCTIONS) {
-      // "ffffffff8100 t direct_page_fault" or "... [kvm]" for modules
-      functions[f] = new RegExp(` [tTwW] ${f.replace(/[$]/g, '\\$&')}(?:\\s|$)`, 'm').test(kallsyms);
-    }
+  const symbols: Record<string, string> = {};
+  for (const f of PROBED_FUNCTIONS) {
+    functions[f] = found.has(f);
+    if (found.has(f) && found.get(f) !== f) symbols[f] = found.get(f)!;
   }
   return {
     tracefs,
@@ -236,6 +236,7 @@ function probePoints(root: string): ProbePoints {
     kprobeEvents: (tracefs !== null && fs.existsSync(path.join(tracefs, 'kprobe_events'))),
     kprobePmu: fs.existsSync(path.join(root, 'sys/bus/event_source/devices/kprobe')),
     functions,
+    symbols,
     tracepoints,
   };
 }
@@ -286,8 +287,7 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   const capsOk = privileges.capEff === null ? privileges.euid === 0 : privileges.capSysAdmin || (privileges.capBpf && privileges.capPerfmon);
   add('privileges', 'privileges for BPF tracing', capsOk ? 'pass' : 'fail',
     `euid ${privileges.euid}, CapEff ${privileges.capEff ?? '?'} (CAP_BPF ${privileges.capBpf ? 'yes' : 'no'}, CAP_PERFMON ${privileges.capPerfmon ? 'yes' : 'no'}, CAP_SYS_ADMIN ${privileges.capSysAdmin ? 'yes' : 'no'})`,
-    capsOk ? '' : privileges.euid === 0 ? 'this root process has CAP_BPF / CAP_PERFMON dropped: run kvmfault with them kept (no --cap-drop, CapabilityBoundingSet= including them)'
-      : 'run as root (sudo kvmfault ...) or grant CAP_BPF and CAP_PERFMON');
+    capsOk ? '' : privileges.euid === 0 ? REMEDY.capsDropped : REMEDY.privileges);
 
   // BTF
   const vmlinuxPath = path.join(root, 'sys/kernel/btf/vmlinux');
@@ -306,13 +306,12 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   const kvmBuiltin = !kvmLoadedAsModule && kvmInVmlinux;
   add('btf-vmlinux', 'BTF for vmlinux (/sys/kernel/btf/vmlinux)', vmlinux ? 'pass' : 'fail',
     vmlinux ? 'present: CO-RE relocations and tp_btf work' : 'missing',
-    vmlinux ? '' : 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (every major distro kernel since 2021 has it)');
+    vmlinux ? '' : `${REMEDY.btf} (every major distro kernel since 2021 has it)`);
   add('btf-kvm', 'BTF for KVM (/sys/kernel/btf/kvm, or KVM built into vmlinux)',
     kvmModule || kvmBuiltin ? 'pass' : kvmLoadedAsModule ? 'fail' : 'warn',
     kvmModule ? 'kvm module BTF present' : kvmBuiltin ? 'KVM is built into the kernel: its types are in vmlinux BTF'
       : kvmLoadedAsModule ? 'kvm is a module without BTF' : 'KVM is not loaded',
-    kvmModule || kvmBuiltin ? '' : kvmLoadedAsModule ? 'use a kernel with CONFIG_DEBUG_INFO_BTF_MODULES=y'
-      : 'load KVM: modprobe kvm_intel (or kvm_amd)');
+    kvmModule || kvmBuiltin ? '' : kvmLoadedAsModule ? REMEDY.moduleBtf : `load KVM: ${REMEDY.loadKvm}`);
 
   // probe points and the mode the tracer would use
   const probes = probePoints(root);
@@ -321,14 +320,14 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   add('kprobes', 'kprobe mode: kprobe support and fault-path functions',
     kprobesPossible && fnFound.length > 0 ? 'pass' : 'info',
     `${kprobesPossible ? 'kprobes supported' : 'no kprobes in this kernel (no kprobe_events, no kprobe PMU)'}; ` +
-    `functions in kallsyms: ${fnFound.length ? fnFound.join(', ') : 'none of ' + FAULT_FUNCTIONS.join(', ')}`,
-    kprobesPossible ? '' : 'tracepoint mode is used instead (it sees less: no fault-in results); kprobes need CONFIG_KPROBES');
+    `functions in kallsyms: ${fnFound.length ? fnFound.map((f) => probes.symbols[f] ? `${f} (as ${probes.symbols[f]})` : f).join(', ') : 'none of ' + PROBED_FUNCTIONS.join(', ')}`,
+    kprobesPossible ? '' : REMEDY.kprobes);
   const tpFound = Object.entries(probes.tracepoints).filter(([, v]) => v).map(([k]) => k);
   add('tracepoints', 'tracepoint mode: kvm and kvmmmu tracepoints',
     !probes.tracefsMounted ? 'warn' : tpFound.length > 0 ? 'pass' : 'fail',
-    probes.tracefsMounted ? `${probes.tracefs}: ${tpFound.length ? tpFound.join(', ') : 'none of ' + TRACEPOINTS.join(', ')}`
+    probes.tracefsMounted ? `${probes.tracefs}: ${tpFound.length ? tpFound.join(', ') : 'none of ' + TRACEPOINT_PATHS.join(', ')}`
       : 'tracefs is not mounted, cannot list tracepoints (tp_btf attaches without it)',
-    !probes.tracefsMounted ? 'mount -t tracefs nodev /sys/kernel/tracing' : tpFound.length ? '' : 'load KVM (modprobe kvm) so its tracepoints exist');
+    !probes.tracefsMounted ? REMEDY.mountTracefs : tpFound.length ? '' : 'load KVM (modprobe kvm) so its tracepoints exist');
 
   const wantTrial = options.tryTracer ?? (capsOk && vmlinux);
   const tracer: TracerTrial = wantTrial

@@ -15,8 +15,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CaptureWriter, liveCaptureMeta } from './capture';
 import type { CounterView } from './counters';
-import { retPfTable, StaleFaultDetector, Verdict } from './detector';
-import { hostKernel } from './kernels';
+import { StaleFaultDetector, Verdict } from './detector';
+import { hostKernel, retPfTable } from './kernels';
 import { openTracer, TracerMode } from './tracer';
 
 export interface EscalationOptions {
@@ -186,7 +186,7 @@ export class Escalator {
       const enough = new AbortController();
       let enoughTimer: NodeJS.Timeout | null = null;
       const detector = new StaleFaultDetector({
-        retPf: retPfTable(tracer.retPf), kernel,
+        retPf: retPfTable(tracer.retPf, kernel), kernel,
         onVerdict: (v) => {
           if (v.state === 'stuck' && enoughTimer === null) enoughTimer = setTimeout(() => enough.abort(), this.afterStuckMs);
         },

@@ -15,6 +15,7 @@
  * Allocation: the output string and its pieces only; per-thread hit counters live in typed
  * arrays indexed through a Map (a new entry per new thread, not per record).
  */
+import { hex64 } from './hex';
 import { EventBatch, Flag, Kind, kindName, UNKNOWN, UNKNOWN_RET } from './record';
 
 /** the incident's line kinds: the record kind names in capitals ('invalidate' -> INVALIDATE) */
@@ -89,7 +90,7 @@ export class TextFormatter {
     const lo = batch.ripLo(i), hi = batch.ripHi(i);
     const hits = this.countHits(batch, i);
     const ripKnown = !(lo === 0xffffffff && hi === 0xffffffff);
-    const rip = ripKnown ? (hi === 0 ? lo.toString(16) : hi.toString(16) + lo.toString(16).padStart(8, '0')) : '?';
+    const rip = ripKnown ? hex64(lo, hi) : '?';
     let s = `${this.time(batch.tsNs(i))} tid[${batch.tid(i)}] pid[${batch.pid(i)}] ${LINE_KIND[kind] ?? 'UNKNOWN'} @ rip ${rip}` +
       `${batch.flags(i) & Flag.RIP_STALE ? '?' : ''} (${hits} hits)`;
 

@@ -253,3 +253,51 @@ export function hostKernel(): KernelInfo {
 
 /** The sequence value at which the int snapshot goes negative (bit 31). */
 export const SIGN_BIT_SEQ = 0x80000000;
+
+/**
+ * RET_PF_* values of one kernel, names without the prefix (they differ per kernel: the enum in
+ * arch/x86/kvm/mmu/mmu_internal.h; the values 6.1 and 6.12 report are in docs/kernels.md).
+ * FAULT_RET records carry them; FIXED, SPURIOUS, EMULATE and WRITE_PROTECTED mean the fault was
+ * handled (mapped), RETRY that it was abandoned (stale, or an invalidation in progress).
+ */
+export interface RetPfTable {
+  RETRY: number;
+  FIXED: number;
+  SPURIOUS: number;
+  EMULATE?: number;
+  WRITE_PROTECTED?: number;
+  INVALID?: number;
+  CONTINUE?: number;
+}
+/** 5.10 .. 5.15 (no RET_PF_CONTINUE yet) */
+export const RET_PF_5: Readonly<RetPfTable> = Object.freeze({ RETRY: 0, EMULATE: 1, INVALID: 2, FIXED: 3, SPURIOUS: 4 });
+/** v6.1 (the incident's kernel: MAP_RET ret = 4 is RET_PF_FIXED) */
+export const RET_PF_6_1: Readonly<RetPfTable> = Object.freeze({ CONTINUE: 0, RETRY: 1, EMULATE: 2, INVALID: 3, FIXED: 4, SPURIOUS: 5 });
+/** v6.12 .. v6.18 (RET_PF_WRITE_PROTECTED inserted) */
+export const RET_PF_6_12: Readonly<RetPfTable> = Object.freeze({ CONTINUE: 0, RETRY: 1, EMULATE: 2, WRITE_PROTECTED: 3, INVALID: 4, FIXED: 5, SPURIOUS: 6 });
+
+/**
+ * The one rule for which RET_PF_* table decodes a trace: the kernel's own values when they are
+ * known (the live tracer reads them from BTF, as { RET_PF_RETRY: 1, ... }; a capture keeps them,
+ * as { RETRY: 1, ... }), else by the kernel's version (6.12+, 5.x, else 6.1's), else 6.1's: the
+ * incident's kernel, where the bpftrace logs that name no kernel come from.
+ */
+export function retPfTable(known?: Readonly<Record<string, unknown>> | null, kernel?: Pick<KernelInfo, 'version'> | null): RetPfTable {
+  if (known) {
+    const t: Record<string, number> = {};
+    for (const [k, v] of Object.entries(known)) if (typeof v === 'number') t[k.replace(/^RET_PF_/, '')] = v;
+    if (Number.isInteger(t.RETRY) && Number.isInteger(t.FIXED) && Number.isInteger(t.SPURIOUS)) return t as unknown as RetPfTable;
+  }
+  const v = kernel?.version;
+  if (v && (v.major > 6 || (v.major === 6 && v.minor >= 12))) return { ...RET_PF_6_12 };
+  if (v && v.major < 6) return { ...RET_PF_5 };
+  return { ...RET_PF_6_1 };
+}
+
+/**
+ * The RET_PF values that mean "handled" (FIXED, SPURIOUS, EMULATE, WRITE_PROTECTED), for a
+ * comparison per record; a value the kernel lacks is -2, which no ret is (UNKNOWN_RET is INT32_MIN).
+ */
+export function handledRets(t: Readonly<RetPfTable>): [fixed: number, spurious: number, emulate: number, writeProtected: number] {
+  return [t.FIXED, t.SPURIOUS, t.EMULATE ?? -2, t.WRITE_PROTECTED ?? -2];
+}

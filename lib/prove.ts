@@ -23,8 +23,9 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'fs';
 import { release as osRelease } from 'os';
-import { retPfTable, StaleFaultDetector, type Verdict } from './detector';
-import { hostKernel, SIGN_BIT_SEQ } from './kernels';
+import { StaleFaultDetector, type Verdict } from './detector';
+import { hexNum } from './hex';
+import { hostKernel, retPfTable, SIGN_BIT_SEQ } from './kernels';
 import { Kind, UNKNOWN, type EventBatch } from './record';
 import { openTracer, TracerError, type Tracer, type TracerMode } from './tracer';
 import { runWorkload, WorkloadError, type WorkloadResult, type WorkloadRun } from './workload';
@@ -133,7 +134,7 @@ export interface ProveResult {
 }
 
 function hex(n: number | null): string | null {
-  return n === null ? null : '0x' + n.toString(16);
+  return n === null ? null : '0x' + hexNum(n);
 }
 
 function readKnob(): number | null {
@@ -239,7 +240,7 @@ export async function prove(options: ProveOptions = {}): Promise<ProveResult> {
   let run2: WorkloadRun | null = null;
   const workloadStop = new AbortController();
   const drainStop = new AbortController();
-  const retPf = retPfTable(tracer.retPf);
+  const retPf = retPfTable(tracer.retPf, kernel);
   const mappedRet = new Set([retPf.FIXED, retPf.SPURIOUS]);
 
   const detector = new StaleFaultDetector({ retPf, kernel, stuckNs: stuckSeconds * 1e9, stuckAttempts: 1000 });

@@ -9,6 +9,7 @@
  * over raw records (a DataView, the first record's byte offset and the stride), so there is
  * exactly one input type and one set of accessors.
  */
+import { hex64, hex64Padded } from './hex';
 
 export const RECORD_SIZE = 120;
 export const RECORD_VERSION = 1;
@@ -161,12 +162,6 @@ export interface EventBatch {
   recordBytes(i: number): Uint8Array;
 }
 
-function hex64(lo: number, hi: number): string {
-  return hi.toString(16) === '0'
-    ? lo.toString(16)
-    : hi.toString(16) + lo.toString(16).padStart(8, '0');
-}
-
 /**
  * The one EventBatch implementation: `length` records at a fixed stride inside `view`, record i's
  * payload at byte `base + i * stride`. A fixed stride needs no per-record offsets table: a ring
@@ -249,7 +244,7 @@ export class RecordBatch implements EventBatch {
       tsNs: this.tsNs(i),
       pid: this.pid(i),
       tid: this.tid(i),
-      vmId: hex64(this.vmIdLo(i), this.vmIdHi(i)).padStart(16, '0'),
+      vmId: hex64Padded(this.vmIdLo(i), this.vmIdHi(i)),
       vcpuId: this.vcpuId(i),
       kind: kindName(this.kind(i)),
       flags: this.flags(i),

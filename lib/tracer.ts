@@ -19,10 +19,14 @@
  */
 import * as fs from 'fs';
 import { native } from './native';
+import {
+  AUTO_ORDER, FALLBACK_HANDLER, FAULTIN_FUNCTIONS, FENTRY_TARGETS, HANDLER_FUNCTIONS, kallsymsHasSymbol, MODE_CHOICES,
+  parseKallsyms, PROBED_FUNCTIONS, readKallsyms, TRACEPOINTS, type TracerMode,
+} from './probes';
 import type { EventBatch } from './record';
 import { EventStream, StreamStats } from './stream';
 
-export type TracerMode = 'tracepoint' | 'kprobe' | 'fentry';
+export type { TracerMode };
 
 export interface TracerOptions {
   /** 'auto' (default) tries fentry, then kprobe, then tracepoint. */
@@ -104,11 +108,21 @@ export class TracerError extends Error {
   }
 }
 
+/** The probe catalogue (probes.ts) as the addon takes it, with the kallsyms symbol of each function found. */
+interface NativeCatalogue {
+  faultin: readonly string[];
+  handlers: readonly string[];
+  fallback: string;
+  fentry: typeof FENTRY_TARGETS;
+  tracepoints: typeof TRACEPOINTS;
+  symbols: Record<string, string>;
+}
+
 /** native/addon/tracer.cc */
 interface NativeTracer {
   open(o: {
     mode: TracerMode; pid: number; ringBytes: number; wakeupBytes: number; coalesce: boolean;
-    exits: boolean; rawTracepoints: boolean; verbose: boolean;
+    exits: boolean; rawTracepoints: boolean; verbose: boolean; probes: NativeCatalogue;
   }): { retPf: Record<string, number>; rangeIsGfn: boolean; btf: string; probes: ProbeStatus[] };
   load(): void;
   attach(): ProbeStatus[];
@@ -117,8 +131,6 @@ interface NativeTracer {
   close(): void;
 }
 
-const MODES = ['auto', 'tracepoint', 'kprobe', 'fentry'] as const;
-const AUTO_ORDER: TracerMode[] = ['fentry', 'kprobe', 'tracepoint'];
 const MIN_RING = 4096;
 const MAX_RING = 1 << 30;
 const DEFAULT_RING = 16 << 20;
@@ -154,8 +166,8 @@ export function resolveTracerOptions(options: TracerOptions = {}): Resolved {
   }
   const mode = options.mode ?? 'auto';
   if (typeof mode !== 'string') throw new TypeError(`openTracer: options.mode must be a string, got ${typeof mode}`);
-  if (!(MODES as readonly string[]).includes(mode)) {
-    throw new RangeError(`openTracer: options.mode must be one of 'auto', 'tracepoint', 'kprobe', 'fentry', got '${mode}'`);
+  if (!(MODE_CHOICES as readonly string[]).includes(mode)) {
+    throw new RangeError(`openTracer: options.mode must be one of ${MODE_CHOICES.map((m) => `'${m}'`).join(', ')}, got '${mode}'`);
   }
   let pid = 0;
   if (options.pid !== undefined) {
@@ -215,14 +227,39 @@ interface Attempt {
   rawTracepoints: boolean;
 }
 
+/**
+ * The catalogue for one openTracer() call. /proc/kallsyms is slow to read (5 MB, ~0.3 s): only
+ * the function probes (kprobe, fentry) need its symbols, read once for every mode tried.
+ */
+class Catalogue {
+  private symbols: Record<string, string> | null = null;
+
+  forMode(mode: TracerMode): NativeCatalogue {
+    if (mode !== 'tracepoint' && this.symbols === null) {
+      this.symbols = Object.fromEntries(parseKallsyms(readKallsyms(), PROBED_FUNCTIONS));
+    }
+    return {
+      faultin: FAULTIN_FUNCTIONS, handlers: HANDLER_FUNCTIONS, fallback: FALLBACK_HANDLER,
+      fentry: FENTRY_TARGETS, tracepoints: TRACEPOINTS, symbols: mode === 'tracepoint' ? {} : this.symbols!,
+    };
+  }
+}
+
+/** kvm_running_vcpu does not come and go while the process runs: looked up once. */
+let runningVcpuKnown: boolean | null = null;
+function kallsymsHasRunningVcpu(): boolean {
+  if (runningVcpuKnown === null) runningVcpuKnown = kallsymsHasSymbol(readKallsyms(), 'kvm_running_vcpu');
+  return runningVcpuKnown;
+}
+
 /** One mode: open, load, attach. Throws TracerError; never leaves anything attached on failure. */
-function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean): Attempt {
+function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean, catalogue: Catalogue): Attempt {
   const Native = native().Tracer;
   const t: NativeTracer = new Native();
   try {
     const info = t.open({
       mode, pid: o.pid, ringBytes: o.ringBytes, wakeupBytes: o.wakeupBytes, coalesce: o.coalesce,
-      exits: o.exits, rawTracepoints, verbose: o.verbose,
+      exits: o.exits, rawTracepoints, verbose: o.verbose, probes: catalogue.forMode(mode),
     });
     t.load();
     const probes = t.attach();
@@ -240,40 +277,20 @@ function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean): Attemp
 }
 
 /** The tracepoint set: typed tp_btf first; raw_tracepoint if the typed programs do not load. */
-function attemptTracepoint(o: Resolved): Attempt {
+function attemptTracepoint(o: Resolved, catalogue: Catalogue): Attempt {
   try {
-    return attempt('tracepoint', o, false);
+    return attempt('tracepoint', o, false, catalogue);
   } catch (e) {
     const err = e as TracerError;
     if (err.code !== 'LOAD_FAILED' && err.code !== 'ATTACH_FAILED') throw err;
     try {
-      return attempt('tracepoint', o, true);
+      return attempt('tracepoint', o, true, catalogue);
     } catch (e2) {
       const err2 = e2 as TracerError;
       throw new TracerError(err2.code, `tracepoint: tp_btf failed (${err.message}); raw_tracepoint failed too (${err2.message})`,
         { errno: err2.errno, probes: err2.probes, libbpfLog: err2.libbpfLog });
     }
   }
-}
-
-let kallsymsCache: Set<string> | null = null;
-function kallsymsHas(names: string[]): Record<string, boolean> {
-  if (!kallsymsCache) {
-    kallsymsCache = new Set();
-    try {
-      const text = fs.readFileSync('/proc/kallsyms', 'latin1');
-      const wanted = new Set(['kvm_running_vcpu']);
-      for (const line of text.split('\n')) {
-        const name = line.slice(line.indexOf(' ', line.indexOf(' ') + 1) + 1).split(/[\s\t]/)[0];
-        if (wanted.has(name)) kallsymsCache.add(name);
-      }
-    } catch {
-      /* unreadable: reported as absent */
-    }
-  }
-  const out: Record<string, boolean> = {};
-  for (const n of names) out[n] = kallsymsCache.has(n);
-  return out;
 }
 
 function isPvmHost(): boolean {
@@ -294,7 +311,7 @@ function describeMode(a: Attempt): string[] {
       `tracepoint mode (${a.rawTracepoints ? 'raw_tracepoint' : 'tp_btf'}): FAULT at fault entry, MAP when an spte is ` +
       'requested, INVALIDATE_START per mmu_notifier unmap; no FAULTIN/FAULTIN_RET/FAULT_RET: a fault abandoned as ' +
       'stale (RET_PF_RETRY) shows only as a FAULT with no MAP after it');
-    const running = kallsymsHas(['kvm_running_vcpu']).kvm_running_vcpu;
+    const running = kallsymsHasRunningVcpu();
     notes.push(
       'vCPU, VM, RIP and the VM\'s invalidation state (mmu_seq, in_progress, range) for probes without a vcpu ' +
       'argument come from the thread\'s KVM preempt notifier (registered for the whole KVM_RUN)' +
@@ -425,11 +442,12 @@ export class Tracer {
 export async function openTracer(options: TracerOptions = {}): Promise<Tracer> {
   const o = resolveTracerOptions(options);
   if (o.signal?.aborted) throw new TracerError('ABORTED', 'openTracer: options.signal was already aborted');
-  const order: TracerMode[] = o.mode === 'auto' ? AUTO_ORDER : [o.mode];
+  const order: readonly TracerMode[] = o.mode === 'auto' ? AUTO_ORDER : [o.mode];
   const failed: { mode: TracerMode; error: TracerError }[] = [];
+  const catalogue = new Catalogue();
   for (const mode of order) {
     try {
-      const a = mode === 'tracepoint' ? attemptTracepoint(o) : attempt(mode, o, false);
+      const a = mode === 'tracepoint' ? attemptTracepoint(o, catalogue) : attempt(mode, o, false, catalogue);
       return new Tracer(a, failed, o.signal);
     } catch (e) {
       const err = toTracerError(e, 'LOAD_FAILED');

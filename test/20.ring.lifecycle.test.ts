@@ -117,7 +117,7 @@ describe('20 ring lifecycle', function () {
     // The child waits with the poll armed (a ref'd handle), gets woken, breaks out. If close
     // left the poll handle active, the child would never exit and spawnSync times out.
     const code = `
-      const { EventStream } = require(${JSON.stringify(lib)});
+      const { EventStream } = require(${JSON.stringify(path.join(lib, 'stream'))});
       const { native } = require(${JSON.stringify(path.join(lib, 'native'))});
       const t = new (native().RingTest)({ ringSize: 1 << 16 });
       let closes = 0;

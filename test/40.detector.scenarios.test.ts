@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { RET_PF_6_1, RET_PF_6_12, StaleFaultDetector, Verdict } from '../lib/detector';
-import { judgeKernel } from '../lib/kernels';
+import { StaleFaultDetector, Verdict } from '../lib/detector';
+import { judgeKernel, RET_PF_6_1, RET_PF_6_12 } from '../lib/kernels';
 import { chunked, interleavedMix, invalidationStorm, invalidationStuck, stuckSignExtension, stuckSmallSeq, TraceBuilder, vcpu } from './helpers/scenarios';
 
 function detect(batches: Parameters<StaleFaultDetector['push']>[0][], opts: ConstructorParameters<typeof StaleFaultDetector>[0] = {}) {

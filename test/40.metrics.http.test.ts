@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
+import { StaleFaultDetector } from '../lib/detector';
+import { RET_PF_6_1 } from '../lib/kernels';
 import { createMetricsServer, FaultMetrics } from '../lib/metrics';
 import net from 'node:net';
 import { collectGarbage } from './20.ring.setup';

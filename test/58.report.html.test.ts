@@ -14,7 +14,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { analyzeFile, AnalysisReport } from '../lib/analyze';
 import { CaptureWriter } from '../lib/capture';
-import { RET_PF_6_1 } from '../lib/detector';
+import { RET_PF_6_1 } from '../lib/kernels';
 import { esc, MAX_VCPU_CHARTS, renderHtmlReport } from '../lib/report/html';
 import { Timeline, TIMELINE_BUCKETS } from '../lib/report/timeline';
 import { Browser, LoadedPage, startBrowser } from './helpers/chromium';

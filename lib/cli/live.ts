@@ -1,18 +1,9 @@
 /** Shared pieces of the live commands: opening the tracer with one-line errors, status lines. */
 import { openTracer, Tracer, TracerError, TracerOptions } from '../tracer';
 import { CounterSource, CounterSourceError, CounterSourceKind, openCounterSource } from '../counters';
+import { TRACER_ERROR_REMEDY } from '../probes';
 import { CliError, EXIT_USAGE } from './errors';
 import type { LiveSession } from './lifecycle';
-
-const REMEDY: Partial<Record<string, string>> = {
-  EPERM: 'run as root (sudo kvmfault ...) or grant CAP_BPF and CAP_PERFMON',
-  NO_BTF: 'this kernel has no /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y',
-  NO_KVM: 'KVM is not loaded: modprobe kvm_intel (or kvm_amd)',
-  NO_KVM_PROBES: 'try another --mode (kvmfault doctor lists what exists here)',
-  MODE_UNAVAILABLE: 'try --mode auto, or run kvmfault doctor to see which modes work here',
-  LOAD_FAILED: 'run kvmfault doctor; KVMFAULT_DEBUG=1 shows the verifier log',
-  ATTACH_FAILED: 'run kvmfault doctor to see which probe points exist here',
-};
 
 /** Opens the tracer; a TracerError becomes a one-line CliError (exit 2) with the remedy. */
 export async function openTracerForCli(options: TracerOptions, session: LiveSession): Promise<Tracer> {
@@ -23,7 +14,7 @@ export async function openTracerForCli(options: TracerOptions, session: LiveSess
     if (e instanceof TracerError) {
       if (process.env.KVMFAULT_DEBUG && e.libbpfLog) process.stderr.write(e.libbpfLog + '\n');
       const first = e.message.split('\n')[0];
-      const remedy = REMEDY[e.code];
+      const remedy = TRACER_ERROR_REMEDY[e.code];
       // the capability check names its own remedy (grant them, or keep them): do not add "run as root"
       const saysRemedy = !remedy || first.includes(remedy) || (e.code === 'EPERM' && first.includes('CapEff'));
       throw new CliError(`cannot trace: ${first}${saysRemedy ? '' : ` (${remedy})`}`, EXIT_USAGE);

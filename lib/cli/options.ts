@@ -1,6 +1,7 @@
 /** Argument parsers shared by the live commands: each throws a one-line CliError (exit 2). */
 import { CliError } from './errors';
 import { kindFromName } from '../record';
+import { MODE_CHOICES, type ModeChoice } from '../probes';
 
 export function seconds(flag: string) {
   return (text: string): number => {
@@ -58,8 +59,7 @@ export function kindSet(text: string): Uint8Array {
   return set;
 }
 
-export const MODE_CHOICES = ['auto', 'tracepoint', 'kprobe', 'fentry'] as const;
-export type ModeChoice = (typeof MODE_CHOICES)[number];
+export type { ModeChoice };
 
 export function mode(text: string): ModeChoice {
   if (!(MODE_CHOICES as readonly string[]).includes(text)) {
@@ -79,3 +79,6 @@ export function listenAddress(text: string): { host: string; port: number } {
   if (!m || port > 65535) throw new CliError(`--listen must be host:port, e.g. 127.0.0.1:9464 or [::1]:9464 (got "${text}")`);
   return { host: m[1] ?? m[2], port };
 }
+
+/** --mode's help text, from the probe catalogue's modes */
+export const MODE_HELP = `attach mode: ${MODE_CHOICES.join(', ')}`;

@@ -4,8 +4,8 @@
  * as plain lines when piped, as JSON lines with --json) and verdict changes become alerts.
  */
 import { readFileSync } from 'node:fs';
-import { formatDuration, retPfTable, StaleFaultDetector, Verdict, VmForecast } from '../detector';
-import { hostKernel } from '../kernels';
+import { formatDuration, StaleFaultDetector, Verdict, VmForecast } from '../detector';
+import { hostKernel, retPfTable } from '../kernels';
 import { threadName, vmName } from '../procinfo';
 import { escapeControl } from '../escape';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';

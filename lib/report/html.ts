@@ -19,6 +19,7 @@
 import { AnalysisReport, formatReport, inputSummary, ReportVcpu, vcpuEvidence, vcpuWho } from '../analyze';
 import { formatDuration, VmForecast } from '../detector';
 import { escapeControl } from '../escape';
+import { hexNum } from '../hex';
 import { SIGN_BIT_SEQ } from '../kernels';
 import type { TimelineData, VcpuSeries, VmSeries } from './timeline';
 
@@ -46,7 +47,7 @@ const PAD_R = 12;
 const PLOT_W = W - PAD_L - PAD_R;
 
 function hex(n: number): string {
-  return '0x' + Math.round(n).toString(16);
+  return Number.isFinite(n) && n >= 0 ? '0x' + hexNum(Math.round(n)) : String(n);
 }
 
 /** A time span in a unit that suits it. */

@@ -12,12 +12,13 @@
  * cut) and the cost per record stays O(1). A record older than all before it moves the axis'
  * start back (rebase()); a record without a timestamp counts at the last known time.
  *
- * Attempts are counted as the detector counts them (lib/detector.ts): a FAULT record, or a
+ * Attempts are counted as the detector counts them (lib/detector/index.ts): a FAULT record, or a
  * FAULTIN that is not the fault-in step of the FAULT just before it on the same gpa; `repeat`
  * (coalesced records, the bpftrace "(N hits)" counter) counts N. Mapped: a MAP record, or
  * FAULT_RET with a RET_PF_* value that means the fault was handled.
  */
-import type { RetPfTable } from '../detector';
+import { handledRets, type RetPfTable } from '../kernels';
+import { hex64Padded } from '../hex';
 import { EventBatch, Kind, UNKNOWN } from '../record';
 
 /** buckets on the time axis: a chart point every ~4 px at 960 px */
@@ -74,7 +75,7 @@ function nanArray(n: number): Float64Array {
 /** The VM id as the detector names it: 16 hex digits, or pid:<pid> when the records carry none. */
 export function vmIdString(lo: number, hi: number, pid: number): string {
   if (lo === 0xffffffff && hi === 0xffffffff) return `pid:${pid}`;
-  return ((BigInt(hi) << 32n) | BigInt(lo)).toString(16).padStart(16, '0');
+  return hex64Padded(lo, hi);
 }
 
 export class Timeline {
@@ -96,10 +97,7 @@ export class Timeline {
   private readonly retWriteProtected: number;
 
   constructor(retPf: RetPfTable) {
-    this.retFixed = retPf.FIXED;
-    this.retSpurious = retPf.SPURIOUS;
-    this.retEmulate = retPf.EMULATE ?? -1000;
-    this.retWriteProtected = retPf.WRITE_PROTECTED ?? -1000;
+    [this.retFixed, this.retSpurious, this.retEmulate, this.retWriteProtected] = handledRets(retPf);
   }
 
   push(batch: EventBatch): void {

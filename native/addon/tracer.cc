@@ -24,7 +24,6 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -122,7 +121,7 @@ struct KernelFacts {
   bool haveKvm = false;
   std::string btfSources;
   std::set<std::string> btfTypedefs;  // btf_trace_<tp> present
-  std::set<std::string> btfFuncs;     // FUNC names among the candidates
+  std::set<std::string> btfFuncs;     // FUNC names with "page_fault" or "faultin_pfn" in them
   // is_page_fault_stale's prototype, the kernel's own word on the incident's bug: 3 parameters
   // with a signed 32-bit mmu_seq = affected (v5.16..v6.2 signature); 2, or an unsigned long
   // mmu_seq (6.1.50's stable fix) = fixed. Absent when the function is inlined or renamed.
@@ -136,27 +135,62 @@ struct KernelFacts {
   std::vector<Param> staleCheckParams;
 };
 
-const char* const kTracepoints[][3] = {
-    // program suffix, subsystem, tracepoint
-    {"pagetable_walk", "kvmmmu", "kvm_mmu_pagetable_walk"},
-    {"page_fault", "kvm", "kvm_page_fault"},
-    {"spte_requested", "kvmmmu", "kvm_mmu_spte_requested"},
-    {"unmap_hva_range", "kvm", "kvm_unmap_hva_range"},
-    {"kvm_exit", "kvm", "kvm_exit"},
-    // companions of pagetable_walk: tell a real fault's walk from the instruction emulator's
-    {"emulate_insn", "kvm", "kvm_emulate_insn"},
-    {"userspace_exit", "kvm", "kvm_userspace_exit"},
+// The probe catalogue (lib/probes.ts) as open() receives it: the functions and tracepoints of
+// each mode, and the kallsyms symbol the tracer resolved for each function found (a compiler
+// may have renamed it: direct_page_fault.isra.0).
+struct CatalogueTp {
+  std::string program, system, name;  // program suffix (tb_/rt_<program>), tracepoint
+  bool faultEntry = false;            // a FAULT source: tracepoint mode only
 };
-// The FAULT-entry tracepoints and their companions: only in tracepoint mode (handler probes
-// give FAULT otherwise).
-bool IsFaultEntryTp(const std::string& suffix) {
-  return suffix == "pagetable_walk" || suffix == "page_fault" || suffix == "emulate_insn" ||
-         suffix == "userspace_exit";
+struct CatalogueFentry {
+  std::string entry, exit;
+  std::vector<std::string> candidates;
+};
+struct Catalogue {
+  std::vector<std::string> faultin, handlers;
+  std::string fallback;
+  std::vector<CatalogueFentry> fentry;
+  std::vector<CatalogueTp> tracepoints;
+  std::map<std::string, std::string> symbols;  // function -> kallsyms symbol
+  bool IsFaultEntryTp(const std::string& program) const {
+    for (auto& t : tracepoints)
+      if (t.program == program) return t.faultEntry;
+    return false;
+  }
+};
+
+std::vector<std::string> StringList(Napi::Value v) {
+  std::vector<std::string> out;
+  if (!v.IsArray()) return out;
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::String>());
+  return out;
 }
 
-const char* const kFaultinCandidates[] = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"};
-const char* const kHandlerCandidates[] = {"kvm_tdp_page_fault", "direct_page_fault", "paging64_page_fault",
-                                          "paging32_page_fault"};
+Catalogue ReadCatalogue(Napi::Object o) {
+  Catalogue c;
+  c.faultin = StringList(o.Get("faultin"));
+  c.handlers = StringList(o.Get("handlers"));
+  c.fallback = o.Get("fallback").As<Napi::String>();
+  Napi::Array fe = o.Get("fentry").As<Napi::Array>();
+  for (uint32_t i = 0; i < fe.Length(); i++) {
+    Napi::Object e = fe.Get(i).As<Napi::Object>();
+    c.fentry.push_back({e.Get("entry").As<Napi::String>(), e.Get("exit").As<Napi::String>(), StringList(e.Get("candidates"))});
+  }
+  Napi::Array tps = o.Get("tracepoints").As<Napi::Array>();
+  for (uint32_t i = 0; i < tps.Length(); i++) {
+    Napi::Object t = tps.Get(i).As<Napi::Object>();
+    c.tracepoints.push_back({t.Get("program").As<Napi::String>(), t.Get("system").As<Napi::String>(),
+                             t.Get("name").As<Napi::String>(), t.Get("faultEntry").ToBoolean()});
+  }
+  Napi::Object syms = o.Get("symbols").As<Napi::Object>();
+  Napi::Array keys = syms.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); i++) {
+    std::string k = keys.Get(i).As<Napi::String>();
+    c.symbols[k] = syms.Get(k).As<Napi::String>();
+  }
+  return c;
+}
 
 // Parameters of is_page_fault_stale's FUNC_PROTO, each type resolved through typedefs and
 // modifiers (split module BTF resolves ids of its vmlinux base too).
@@ -184,9 +218,6 @@ void ScanStaleCheck(const struct btf* btf, const struct btf_type* func, KernelFa
 
 void ScanBtf(const struct btf* btf, KernelFacts& f) {
   const __u32 n = btf__type_cnt(btf);
-  static const std::set<std::string> wantFuncs = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn", "kvm_tdp_page_fault",
-                                                  "direct_page_fault", "paging64_page_fault", "paging32_page_fault",
-                                                  "kvm_mmu_page_fault"};
   for (__u32 id = 1; id < n; id++) {
     const struct btf_type* t = btf__type_by_id(btf, id);
     if (!t) continue;
@@ -203,7 +234,8 @@ void ScanBtf(const struct btf* btf, KernelFacts& f) {
       if (name && strncmp(name, "btf_trace_kvm", 13) == 0) f.btfTypedefs.insert(name);
     } else if (btf_is_func(t)) {
       const char* name = btf__name_by_offset(btf, t->name_off);
-      if (name && wantFuncs.count(name)) f.btfFuncs.insert(name);
+      // every function the catalogue may name (test 45 checks its names all match)
+      if (name && (strstr(name, "page_fault") || strstr(name, "faultin_pfn"))) f.btfFuncs.insert(name);
       if (name && !strcmp(name, "is_page_fault_stale")) ScanStaleCheck(btf, t, f);
     } else if (btf_is_struct(t)) {
       const char* name = btf__name_by_offset(btf, t->name_off);
@@ -219,27 +251,6 @@ void ScanBtf(const struct btf* btf, KernelFacts& f) {
       }
     }
   }
-}
-
-// Text symbols of interest from /proc/kallsyms: name -> the symbol to attach to (a function
-// may carry a compiler suffix such as .isra.0 / .constprop.0).
-std::map<std::string, std::string> KallsymsLookup(const std::set<std::string>& want) {
-  std::map<std::string, std::string> found;
-  std::ifstream in("/proc/kallsyms");
-  std::string addr, type, name;
-  while (in >> addr >> type) {
-    std::getline(in, name);
-    size_t b = name.find_first_not_of(" \t");
-    if (b == std::string::npos) continue;
-    name = name.substr(b);
-    size_t sp = name.find_first_of(" \t");  // "[module]" suffix
-    if (sp != std::string::npos) name = name.substr(0, sp);
-    if (type != "t" && type != "T") continue;
-    std::string base = name.substr(0, name.find('.'));
-    if (!want.count(base)) continue;
-    if (!found.count(base) || name == base) found[base] = name;
-  }
-  return found;
 }
 
 // kprobes need the kprobe PMU (perf_event_open) or tracefs' kprobe_events (legacy path).
@@ -404,10 +415,10 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   }
 
   // Which programs this mode loads, with a reason for each one it cannot use.
-  void PlanTracepoints(const KernelFacts& f, bool raw, bool faultEntry) {
-    for (auto& tp : kTracepoints) {
-      std::string suffix = tp[0], sys = tp[1], name = tp[2];
-      if (IsFaultEntryTp(suffix) && !faultEntry) continue;
+  void PlanTracepoints(const KernelFacts& f, const Catalogue& cat, bool raw, bool faultEntry) {
+    for (auto& tp : cat.tracepoints) {
+      const std::string &suffix = tp.program, &sys = tp.system, &name = tp.name;
+      if (tp.faultEntry && !faultEntry) continue;
       bool typed = f.btfTypedefs.count("btf_trace_" + name) > 0;
       std::string eventsDir = "/sys/kernel/tracing/events/" + sys + "/" + name;
       bool tracefsKnows = Exists("/sys/kernel/tracing/events/kvm") ? Exists(eventsDir.c_str()) : true;
@@ -422,9 +433,10 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     }
   }
 
-  void PlanKprobes(const std::map<std::string, std::string>& syms) {
+  void PlanKprobes(const Catalogue& cat) {
+    const std::map<std::string, std::string>& syms = cat.symbols;
     bool faultin = false;
-    for (const char* c : kFaultinCandidates) {
+    for (const std::string& c : cat.faultin) {
       if (faultin) break;
       auto it = syms.find(c);
       if (it == syms.end()) continue;
@@ -432,55 +444,59 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
       plan_.push_back({"kr_faultin", std::string("kretprobe:") + it->second, Attach::kKretprobe, it->second, ""});
       faultin = true;
     }
-    if (!faultin)
-      plan_.push_back({"kp_faultin", "kprobe:kvm_mmu_faultin_pfn|kvm_faultin_pfn", Attach::kKprobe, "",
-                       "no fault-in function in /proc/kallsyms (kvm_mmu_faultin_pfn, kvm_faultin_pfn: inlined or "
-                       "renamed on this kernel)"});
+    if (!faultin) {
+      std::string names, alts;
+      for (const std::string& c : cat.faultin) {
+        names += (names.empty() ? "" : ", ") + c;
+        alts += (alts.empty() ? "" : "|") + c;
+      }
+      plan_.push_back({"kp_faultin", "kprobe:" + alts, Attach::kKprobe, "",
+                       "no fault-in function in /proc/kallsyms (" + names + ": inlined or renamed on this kernel)"});
+    }
     bool handler = false;
-    for (const char* c : kHandlerCandidates) {
+    for (const std::string& c : cat.handlers) {
       auto it = syms.find(c);
       if (it == syms.end()) {
-        plan_.push_back({"kp_fault", std::string("kprobe:") + c, Attach::kKprobe, c,
-                         std::string("symbol ") + c + " not in /proc/kallsyms (inlined or not in this kernel)"});
+        plan_.push_back({"kp_fault", "kprobe:" + c, Attach::kKprobe, c,
+                         "symbol " + c + " not in /proc/kallsyms (inlined or not in this kernel)"});
         continue;
       }
       plan_.push_back({"kp_fault", "kprobe:" + it->second, Attach::kKprobe, it->second, ""});
       plan_.push_back({"kr_fault", "kretprobe:" + it->second, Attach::kKretprobe, it->second, ""});
       handler = true;
     }
-    auto mpf = syms.find("kvm_mmu_page_fault");
+    auto mpf = syms.find(cat.fallback);
     if (!handler && mpf != syms.end()) {
       plan_.push_back({"kp_mmu_page_fault", "kprobe:" + mpf->second, Attach::kKprobe, mpf->second, ""});
       plan_.push_back({"kr_mmu_page_fault", "kretprobe:" + mpf->second, Attach::kKretprobe, mpf->second, ""});
     } else {
-      plan_.push_back({"kp_mmu_page_fault", "kprobe:kvm_mmu_page_fault", Attach::kKprobe, "kvm_mmu_page_fault",
+      plan_.push_back({"kp_mmu_page_fault", "kprobe:" + cat.fallback, Attach::kKprobe, cat.fallback,
                        handler ? "not needed: a fault handler symbol was found (fallback only)"
-                               : "symbol kvm_mmu_page_fault not in /proc/kallsyms"});
+                               : "symbol " + cat.fallback + " not in /proc/kallsyms"});
     }
   }
 
-  void PlanFentry(const KernelFacts& f, const std::map<std::string, std::string>& syms) {
-    auto add = [&](const char* entry, const char* exit, std::vector<const char*> candidates) {
+  void PlanFentry(const KernelFacts& f, const Catalogue& cat) {
+    const std::map<std::string, std::string>& syms = cat.symbols;
+    auto add = [&](const std::string& entry, const std::string& exit, const std::vector<std::string>& candidates) {
       std::string why;
-      for (const char* c : candidates) {
+      for (const std::string& c : candidates) {
         if (!f.btfFuncs.count(c)) {
-          why += std::string(why.empty() ? "" : "; ") + c + " not in BTF";
+          why += (why.empty() ? "" : "; ") + c + " not in BTF";
           continue;
         }
         if (!syms.count(c)) {
-          why += std::string(why.empty() ? "" : "; ") + c + " not in /proc/kallsyms (inlined)";
+          why += (why.empty() ? "" : "; ") + c + " not in /proc/kallsyms (inlined)";
           continue;
         }
-        plan_.push_back({entry, std::string("fentry:") + c, Attach::kFentry, c, ""});
-        plan_.push_back({exit, std::string("fexit:") + c, Attach::kFexit, c, ""});
+        plan_.push_back({entry, "fentry:" + c, Attach::kFentry, c, ""});
+        plan_.push_back({exit, "fexit:" + c, Attach::kFexit, c, ""});
         return;
       }
-      plan_.push_back({entry, std::string("fentry:") + candidates[0], Attach::kFentry, candidates[0], why});
-      plan_.push_back({exit, std::string("fexit:") + candidates[0], Attach::kFexit, candidates[0], why});
+      plan_.push_back({entry, "fentry:" + candidates[0], Attach::kFentry, candidates[0], why});
+      plan_.push_back({exit, "fexit:" + candidates[0], Attach::kFexit, candidates[0], why});
     };
-    add("fe_faultin", "fx_faultin", {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"});
-    add("fe_fault_tdp", "fx_fault_tdp", {"kvm_tdp_page_fault"});
-    add("fe_fault_shadow", "fx_fault_shadow", {"paging64_page_fault"});
+    for (auto& pair : cat.fentry) add(pair.entry, pair.exit, pair.candidates);
   }
 
   // open(options) -> { retPf, rangeIsGfn, btf, probes }
@@ -516,22 +532,20 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                    "KVM is not in this kernel's BTF (no struct kvm_vcpu in " + facts.btfSources +
                        "): load the kvm module (modprobe kvm_intel or kvm_amd) or use a kernel with KVM");
 
-    std::set<std::string> want(std::begin(kFaultinCandidates), std::end(kFaultinCandidates));
-    want.insert(std::begin(kHandlerCandidates), std::end(kHandlerCandidates));
-    want.insert("kvm_mmu_page_fault");
+    const Catalogue cat = ReadCatalogue(o.Get("probes").As<Napi::Object>());
     if (mode_ == Mode::kKprobe) {
-      PlanKprobes(KallsymsLookup(want));
-      PlanTracepoints(facts, raw, false);
+      PlanKprobes(cat);
+      PlanTracepoints(facts, cat, raw, false);
       std::string why = KprobeUnavailableReason();
       if (!why.empty()) {
         for (auto& p : plan_) p.reason = p.reason.empty() ? "mode kprobe unavailable: " + why : p.reason;
         return Throw(env, "MODE_UNAVAILABLE", EOPNOTSUPP, why, true);
       }
     } else if (mode_ == Mode::kFentry) {
-      PlanFentry(facts, KallsymsLookup(want));
-      PlanTracepoints(facts, raw, false);
+      PlanFentry(facts, cat);
+      PlanTracepoints(facts, cat, raw, false);
     } else {
-      PlanTracepoints(facts, raw, true);
+      PlanTracepoints(facts, cat, raw, true);
     }
     // The mode needs at least one of its own fault probes (the shared MAP/INVALIDATE tracepoints
     // alone would make kprobe/fentry mode a mislabelled tracepoint mode).
@@ -540,7 +554,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     for (auto& p : plan_) {
       if (!p.reason.empty()) continue;
       if (own ? p.prog.rfind(own, 0) == 0
-              : (p.prog.find("spte_requested") != std::string::npos || IsFaultEntryTp(p.prog.substr(3))))
+              : (p.prog.find("spte_requested") != std::string::npos || cat.IsFaultEntryTp(p.prog.substr(3))))
         any = true;
     }
     if (!any)

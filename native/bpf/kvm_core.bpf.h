@@ -4,7 +4,7 @@
  * (the libbpf-tools core_fixes.bpf.h pattern). Each flavour struct (name___suffix: libbpf strips
  * the suffix when matching kernel types) and each accessor cites the kernel change it handles.
  * Accessors return the events.h "unknown" sentinels when a field does not exist on this kernel.
- * Table of what moved where: /work/shared/KERNELS.md.
+ * What each matrix kernel relocates and lacks: docs/kernels.md, "CO-RE relocations".
  */
 #ifndef KVMFAULT_KVM_CORE_BPF_H
 #define KVMFAULT_KVM_CORE_BPF_H

@@ -238,7 +238,7 @@ static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page
 
 /* The vCPU running on this thread, for probes that do not get it as an argument.
  * kvm_running_vcpu (per-CPU) would be the direct way, but a __ksym needs data symbols in
- * kallsyms (CONFIG_KALLSYMS_ALL), which some kernels lack (KERNELS.md). Instead: vcpu_load()
+ * kallsyms (CONFIG_KALLSYMS_ALL), which some kernels lack (the tracer's mode notes say so). Instead: vcpu_load()
  * registers vcpu->preempt_notifier on current->preempt_notifiers for the whole KVM_RUN, and
  * KVM is the only in-tree user of preempt notifiers, so the list head is that vCPU's notifier.
  * Fallback: the vCPU a typed probe saw last on this thread. */

@@ -8,7 +8,7 @@
  *   kf_submitted, kf_dropped     (bss, read by the addon for stats)
  *
  * Wakeups: the kernel's default adaptive wakeup wakes the consumer whenever it has caught up,
- * which at high rates means nearly every record, and the producer collapses (TOOLCHAIN.md).
+ * which at high rates means nearly every record, and the producer collapses.
  * With wakeup_bytes > 0 a record is submitted without a wakeup until that many bytes are
  * pending, then with a forced one; the consumer picks up a tail below the threshold with a
  * short timer. wakeup_bytes = 0 keeps the kernel default.

@@ -4,7 +4,8 @@
  * the series names a PromQL expression uses.
  */
 import { spawnSync, SpawnSyncReturns } from 'node:child_process';
-import { RET_PF_6_1, StaleFaultDetector } from '../../lib/detector';
+import { StaleFaultDetector } from '../../lib/detector';
+import { RET_PF_6_1 } from '../../lib/kernels';
 import { Escalator } from '../../lib/escalate';
 import { CounterMetrics, FaultMetrics } from '../../lib/metrics';
 

@@ -6,14 +6,11 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Flag, Kind, RECORD_SIZE, RecordBatch, RecordWriter } from '../../lib/record';
 
-/** The incident fixtures: the repo's copy (test/fixtures), else ../shared/fixtures beside the repo. */
+/** An incident fixture in test/fixtures. */
 export function fixturePath(name: string): string {
-  const candidates = [
-    path.join(__dirname, '../../../test/fixtures', name), // dist/test/helpers -> repo/test/fixtures
-    path.join(__dirname, '../../../../shared/fixtures', name), // CI: shared/ beside the clone
-  ];
-  for (const p of candidates) if (existsSync(p)) return p;
-  throw new Error(`fixture ${name} not found: looked in ${candidates.join(', ')} (copy it from ../shared/fixtures into test/fixtures)`);
+  const p = path.join(__dirname, '../../../test/fixtures', name); // dist/test/helpers -> repo/test/fixtures
+  if (!existsSync(p)) throw new Error(`fixture ${name} not found at ${p}`);
+  return p;
 }
 
 /** mulberry32: small, fast, seeded. */

@@ -15,7 +15,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { RetPfTable, StaleFaultDetector } from '../../lib/detector';
+import { StaleFaultDetector } from '../../lib/detector';
+import type { RetPfTable } from '../../lib/kernels';
 import { Kind, RecordBatch, UNKNOWN, UNKNOWN_RET } from '../../lib/record';
 import { openTracer, Tracer, TracerMode, TracerError } from '../../lib/tracer';
 import { runWorkload, WorkloadResult } from '../../lib/workload';
@@ -451,7 +452,7 @@ describe(`kernel matrix on ${release()}: CO-RE relocations`, function () {
       const relocated = new Set([...found].map((k) => spec.get(k)!.target));
       report('core', { mode, relocated: [...relocated].sort(), absent: [...absent].sort() });
       assert.deepEqual(unguarded, [], `relocations with no target and no field-exists guard:\n  ${unguarded.join('\n  ')}`);
-      // the fields the fault analysis stands on exist on every kernel of the matrix (KERNELS.md)
+      // the fields the fault analysis stands on exist on every kernel of the matrix (docs/kernels.md)
       for (const need of ['kvm.mmu_invalidate_seq', 'kvm.mmu_invalidate_in_progress', 'kvm_page_fault.gfn']) {
         assert.ok(relocated.has(need), `${need} did not relocate on ${release()}; relocated: ${[...relocated].join(', ')}`);
       }

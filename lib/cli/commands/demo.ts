@@ -16,7 +16,7 @@ import { escapeControl } from '../../escape';
 import { runWorkload, WorkloadError, WorkloadResult } from '../../workload';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { LiveSession, startSession } from '../lifecycle';
-import { mode, ModeChoice, seconds } from '../options';
+import { mode, MODE_HELP, ModeChoice, seconds } from '../options';
 import { runWatch } from '../watchview';
 
 interface DemoFlags {
@@ -68,7 +68,7 @@ export function register(program: Command): void {
     .command('demo')
     .description('run two built-in KVM guests (progress, and an invalidation race) under the live detector: real verdicts on any KVM host')
     .option('-d, --duration <seconds>', `how long to run (default ${DEFAULT_DURATION_S})`, seconds('--duration'), DEFAULT_DURATION_S)
-    .option('--mode <mode>', 'attach mode: auto, tracepoint, kprobe, fentry', mode, 'auto')
+    .option('--mode <mode>', MODE_HELP, mode, 'auto')
     .option('--json', 'JSON lines as `watch --json`')
     .option('-i, --interval <seconds>', 'seconds between redraws', seconds('--interval'))
     .addHelpText('after', `

@@ -7,12 +7,13 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { Command } from 'commander';
-import { retPfTable, StaleFaultDetector } from '../../detector';
-import { hostKernel } from '../../kernels';
+import { StaleFaultDetector } from '../../detector';
+import { hostKernel, retPfTable } from '../../kernels';
 import { CounterView, CounterWatch } from '../../counters';
 import { Escalator } from '../../escalate';
 import { CounterMetrics, createMetricsServer, FaultMetrics } from '../../metrics';
 import type { Registry } from 'prom-client';
+import { MODE_CHOICES } from '../../probes';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
 import { everyUntilStopped, openCounterSourceForCli, openTracerForCli } from '../live';
@@ -109,7 +110,7 @@ export function register(program: Command): void {
     .description('serve live fault metrics in Prometheus text format (faults, retries, stuck vCPUs, sequence and time left per VM, drops, probe cost)')
     .option('-l, --listen <host:port>', 'address to serve /metrics on (port 0: any free port, printed at start)', listenAddress, listenAddress('127.0.0.1:9464'))
     .option('-p, --pid <pid>', 'only this VMM process', pid('--pid'))
-    .option('--mode <mode>', 'counters (KVM\'s own counters for every VM, ~0 cost), or the full tracer in attach mode auto, tracepoint, kprobe, fentry', metricsMode, 'counters')
+    .option('--mode <mode>', `counters (KVM's own counters for every VM, ~0 cost), or the full tracer in attach mode ${MODE_CHOICES.join(', ')}`, metricsMode, 'counters')
     .option('-d, --duration <seconds>', 'stop after this long', seconds('--duration'))
     .option('-i, --interval <seconds>', 'counters: seconds between samples', seconds('--interval'), 5)
     .option('--source <source>', 'counters: bpf-iter (per vCPU, works under lockdown) or debugfs (per VM); default: bpf-iter, else debugfs', counterSource)
@@ -138,7 +139,7 @@ Scrape config and alert rules: docs/prometheus.md`)
         } else {
           const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid }, session);
           const kernel = hostKernel();
-          const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf), kernel });
+          const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf, kernel), kernel });
           const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode });
           await serve(opts, session, metrics.registry, `${tracer.mode} mode`, async () => {
             for await (const batch of tracer.events({ signal: session.signal })) detector.push(batch);

@@ -9,7 +9,7 @@ import { INITIAL_SEQ_KNOB, prove, type ProveProgress, type ProveResult } from '.
 import { CliError } from '../errors';
 import { out, startSession } from '../lifecycle';
 import { humanRate, StatusLine } from '../live';
-import { mode, ModeChoice, positiveInt, seconds } from '../options';
+import { mode, MODE_HELP, ModeChoice, positiveInt, seconds } from '../options';
 import { formatDuration } from '../../detector';
 
 interface Flags {
@@ -104,7 +104,7 @@ export function register(program: Command): void {
   program
     .command('prove')
     .description("actively test this host's KVM for the 0x80000000 sequence bug: drive a throwaway VM's invalidation sequence past 0x80000000 and watch its next faults")
-    .option('--mode <mode>', 'attach mode: auto, tracepoint, kprobe, fentry', mode, 'auto')
+    .option('--mode <mode>', MODE_HELP, mode, 'auto')
     .option('--json', 'JSON lines: {"type":"progress",...} every second, then one {"type":"result","verdict":...} with the evidence')
     .option('--no-knob', `do not use ${INITIAL_SEQ_KNOB} even where it exists (climb the whole 2^31)`)
     .option('--knob-start <seq>', 'starting sequence of the test VM through the knob (default 0x7ffffff0)', seqValue)

@@ -12,7 +12,7 @@ import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
 import { startSession } from '../lifecycle';
 import { announceMode, humanBytes, humanRate, openTracerForCli, StatusLine } from '../live';
-import { byteSize, mode, ModeChoice, pid, seconds } from '../options';
+import { byteSize, mode, MODE_HELP, ModeChoice, pid, seconds } from '../options';
 
 interface Flags {
   output: string;
@@ -44,7 +44,7 @@ export function register(program: Command): void {
     .option('-p, --pid <pid>', 'only this VMM process (filtered in the kernel)', pid('--pid'))
     .option('-d, --duration <seconds>', 'stop after this long', seconds('--duration'))
     .option('--max-bytes <size>', 'stop before the file grows past this size (e.g. 100M, 2G)', byteSize('--max-bytes'))
-    .option('--mode <mode>', 'attach mode: auto, tracepoint, kprobe, fentry', mode, 'auto')
+    .option('--mode <mode>', MODE_HELP, mode, 'auto')
     .option('--coalesce', 'fold identical consecutive records in the kernel (repeat = N): smaller files for stuck vCPUs')
     .option('-q, --quiet', 'no progress line')
     .addHelpText('after', `

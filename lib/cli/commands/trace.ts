@@ -8,7 +8,7 @@ import { TextFormatter, jsonLine, textHeader } from '../../format';
 import { EventBatch } from '../../record';
 import { startSession } from '../lifecycle';
 import { announceMode, humanRate, openTracerForCli, StatusLine } from '../live';
-import { gpaPage, kindSet, mode, ModeChoice, pid, positiveInt, seconds } from '../options';
+import { gpaPage, kindSet, mode, MODE_HELP, ModeChoice, pid, positiveInt, seconds } from '../options';
 import { EXIT_OK } from '../errors';
 
 interface Flags {
@@ -36,7 +36,7 @@ export function register(program: Command): void {
     .option('-k, --kind <kinds>', 'only these record kinds, comma-separated: fault,faultin,faultin_ret,map,fault_ret,invalidate,exit', kindSet)
     .option('-d, --duration <seconds>', 'stop after this long', seconds('--duration'))
     .option('-n, --count <n>', 'stop after printing this many records', positiveInt('--count'))
-    .option('--mode <mode>', 'attach mode: auto, tracepoint, kprobe, fentry', mode, 'auto')
+    .option('--mode <mode>', MODE_HELP, mode, 'auto')
     .option('--coalesce', 'fold identical consecutive records in the kernel (repeat = N)')
     .addHelpText('after', `
 Examples:

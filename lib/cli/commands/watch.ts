@@ -7,7 +7,7 @@ import { startSession } from '../lifecycle';
 import { CliError, EXIT_USAGE } from '../errors';
 import { runWatch } from '../watchview';
 import { runCounterWatch } from '../counterview';
-import { mode, ModeChoice, pid, positiveInt, seconds } from '../options';
+import { mode, MODE_HELP, ModeChoice, pid, positiveInt, seconds } from '../options';
 
 interface Flags {
   pid?: number;
@@ -26,7 +26,7 @@ export function register(program: Command): void {
     .command('watch')
     .description('live verdicts per VM and vCPU: fault rate, progressing/retrying/stuck, cause, and time left until the sequence reaches 0x80000000')
     .option('-p, --pid <pid>', 'only this VMM process', pid('--pid'))
-    .option('--mode <mode>', 'attach mode: auto, tracepoint, kprobe, fentry', mode, 'auto')
+    .option('--mode <mode>', MODE_HELP, mode, 'auto')
     .option('--json', 'JSON lines: a snapshot per interval ({"type":"snapshot",...}) and one per verdict change ({"type":"alert",...})')
     .option('--fail-on-stuck', 'exit 1 as soon as a vCPU is stuck (with --counters: as soon as a VM is suspect), for scripts and health checks')
     .option('--counters', 'KVM\'s own counters per VM and vCPU instead of the tracer: no per-fault cost, a SUSPECT state instead of a cause')
