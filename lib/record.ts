@@ -37,6 +37,17 @@ export const RECORD_OFFSETS = {
 } as const;
 export type RecordField = keyof typeof RECORD_OFFSETS;
 
+/**
+ * INVALIDATE_START's overlay of gpa..hva (events.h): who invalidated. Not fields of the capture
+ * field table (the same bytes as gpa, error_code, hva); read with lib/sources.ts. All-ones bytes
+ * (what older records have there) read as unknown.
+ */
+export const INVALIDATE_OFFSETS = {
+  comm: 32,
+  stack_id: 48,
+  range_event: 52,
+} as const;
+
 /** Record kinds (enum kvmfault_kind). Stored in capture files: values never change. */
 export const Kind = {
   FAULT: 1,

@@ -20,7 +20,14 @@
 import * as fs from 'fs';
 import { native } from './native';
 import type { EventBatch } from './record';
+import { KernelSymbols } from './sources';
 import { EventStream, StreamStats } from './stream';
+
+let symbolsCache: KernelSymbols | null = null;
+/** /proc/kallsyms, read on the first stack resolved in this process */
+function defaultSymbols(): KernelSymbols {
+  return (symbolsCache ??= new KernelSymbols());
+}
 
 export type TracerMode = 'tracepoint' | 'kprobe' | 'fentry';
 
@@ -46,6 +53,12 @@ export interface TracerOptions {
   wakeupBytes?: number;
   /** Also emit EXIT records (kvm:kvm_exit fires on every VM exit: costly). Default false. */
   exits?: boolean;
+  /**
+   * INVALIDATE_START records carry the invalidating task's kernel stack id (bpf_get_stackid),
+   * from which lib/sources.ts names the source (KSM, NUMA balancing, the VMM's madvise...).
+   * Default true; false saves the stack walk per invalidation (comm is still recorded).
+   */
+  invalidationStacks?: boolean;
   /** Aborting closes the tracer (detaches every probe). */
   signal?: AbortSignal;
   /** Print libbpf's messages to stderr. Default false (they are still kept for error messages). */
@@ -108,12 +121,14 @@ export class TracerError extends Error {
 interface NativeTracer {
   open(o: {
     mode: TracerMode; pid: number; ringBytes: number; wakeupBytes: number; coalesce: boolean;
-    exits: boolean; rawTracepoints: boolean; verbose: boolean;
+    exits: boolean; rawTracepoints: boolean; invalidationStacks: boolean; verbose: boolean;
   }): { retPf: Record<string, number>; rangeIsGfn: boolean; btf: string; probes: ProbeStatus[] };
   load(): void;
   attach(): ProbeStatus[];
   ringFd(): number;
   stats(): Omit<TracerStats, 'stream'>;
+  /** kernel return addresses of an INVALIDATE_START stack_id, innermost first; null if absent */
+  stack(id: number): BigUint64Array | null;
   close(): void;
 }
 
@@ -132,6 +147,7 @@ interface Resolved {
   wakeupBytes: number;
   coalesce: boolean;
   exits: boolean;
+  invalidationStacks: boolean;
   verbose: boolean;
   signal?: AbortSignal;
 }
@@ -194,6 +210,7 @@ export function resolveTracerOptions(options: TracerOptions = {}): Resolved {
     mode, pid, ringBytes, wakeupBytes,
     coalesce: checkBool('coalesce', options.coalesce),
     exits: checkBool('exits', options.exits),
+    invalidationStacks: options.invalidationStacks === undefined ? true : checkBool('invalidationStacks', options.invalidationStacks),
     verbose: checkBool('verbose', options.verbose),
     signal: options.signal,
   };
@@ -222,13 +239,13 @@ function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean): Attemp
   try {
     const info = t.open({
       mode, pid: o.pid, ringBytes: o.ringBytes, wakeupBytes: o.wakeupBytes, coalesce: o.coalesce,
-      exits: o.exits, rawTracepoints, verbose: o.verbose,
+      exits: o.exits, rawTracepoints, invalidationStacks: o.invalidationStacks, verbose: o.verbose,
     });
     t.load();
     const probes = t.attach();
     // The mode's own fault probes must be on, or it is not that mode at all.
     const own = mode === 'kprobe' ? 'kp_' : mode === 'fentry' ? 'fe_' : null;
-    const ok = probes.some((p) => p.attached && (own ? p.name.startsWith(own) : /spte_requested|pagetable_walk|page_fault/.test(p.name)));
+    const ok = probes.some((p) => p.attached && (own ? p.name.startsWith(own) && !p.name.includes('notifier') : /spte_requested|pagetable_walk|page_fault/.test(p.name)));
     if (!ok) {
       throw new TracerError('ATTACH_FAILED', `${mode}: the programs loaded but no fault probe attached (see .probes)`, { probes });
     }
@@ -395,6 +412,17 @@ export class Tracer {
       ? this.nativeTracer.stats()
       : this.finalStats ?? { submitted: 0, dropped: 0, bpfStatsEnabled: false, programs: [] };
     return { ...s, stream: this.stream ? { ...this.stream.stats } : this.lastStreamStats };
+  }
+
+  /**
+   * The kernel stack an INVALIDATE_START record's stack_id names, symbolised ("function+0xoff",
+   * innermost first), or null (closed tracer, id not in the map). Once per distinct id: the
+   * caller caches (lib/sources.ts InvalidationSources does).
+   */
+  stack(id: number, symbols: KernelSymbols = defaultSymbols()): string[] | null {
+    if (!this.nativeTracer || !(id >= 0)) return null;
+    const ips = this.nativeTracer.stack(id);
+    return ips ? Array.from(ips, (ip) => symbols.resolve(ip)) : null;
   }
 
   /** Detaches every probe and frees the BPF object. Idempotent; safe from signal handlers. */

@@ -3,7 +3,7 @@
 // validation, `auto` = fentry -> kprobe -> tracepoint, typed errors); this file stays thin:
 //
 //   const t = new Tracer();
-//   t.open({ mode, pid, ringBytes, coalesce, wakeupBytes, exits, rawTracepoints, verbose })
+//   t.open({ mode, pid, ringBytes, coalesce, wakeupBytes, exits, rawTracepoints, invalidationStacks, verbose })
 //       -> { retPf: {RET_PF_RETRY: 1, ...}, rangeIsGfn, btf, probes: [planned status] }
 //   t.load()            verifier + CO-RE against the running kernel
 //   t.attach()          -> [{ name, point, attached, reason? }]
@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "kvmfault.skel.h"
+#include "events.h"
 
 namespace kvmfault {
 namespace {
@@ -154,6 +155,10 @@ bool IsFaultEntryTp(const std::string& suffix) {
          suffix == "userspace_exit";
 }
 
+// Where INVALIDATE_START comes from in kprobe / fentry mode (it has the struct kvm and the
+// range's reason code, the tracepoint has neither); the tracepoint stays where it cannot be used.
+const char* const kNotifierStart = "kvm_mmu_notifier_invalidate_range_start";
+
 const char* const kFaultinCandidates[] = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"};
 const char* const kHandlerCandidates[] = {"kvm_tdp_page_fault", "direct_page_fault", "paging64_page_fault",
                                           "paging32_page_fault"};
@@ -186,7 +191,7 @@ void ScanBtf(const struct btf* btf, KernelFacts& f) {
   const __u32 n = btf__type_cnt(btf);
   static const std::set<std::string> wantFuncs = {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn", "kvm_tdp_page_fault",
                                                   "direct_page_fault", "paging64_page_fault", "paging32_page_fault",
-                                                  "kvm_mmu_page_fault"};
+                                                  "kvm_mmu_page_fault", kNotifierStart};
   for (__u32 id = 1; id < n; id++) {
     const struct btf_type* t = btf__type_by_id(btf, id);
     if (!t) continue;
@@ -349,6 +354,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                            InstanceMethod<&Tracer::AttachAll>("attach"),
                            InstanceMethod<&Tracer::RingFd>("ringFd"),
                            InstanceMethod<&Tracer::Stats>("stats"),
+                           InstanceMethod<&Tracer::Stack>("stack"),
                            InstanceMethod<&Tracer::Close>("close"),
                        });
   }
@@ -404,10 +410,17 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   }
 
   // Which programs this mode loads, with a reason for each one it cannot use.
+  bool IsPlanned(const std::string& prog) const {
+    for (auto& p : plan_)
+      if (p.prog == prog && p.reason.empty()) return true;
+    return false;
+  }
+
   void PlanTracepoints(const KernelFacts& f, bool raw, bool faultEntry) {
     for (auto& tp : kTracepoints) {
       std::string suffix = tp[0], sys = tp[1], name = tp[2];
       if (IsFaultEntryTp(suffix) && !faultEntry) continue;
+      if (suffix == "unmap_hva_range" && (IsPlanned("kp_notifier_start") || IsPlanned("fe_notifier_start"))) continue;
       bool typed = f.btfTypedefs.count("btf_trace_" + name) > 0;
       std::string eventsDir = "/sys/kernel/tracing/events/" + sys + "/" + name;
       bool tracefsKnows = Exists("/sys/kernel/tracing/events/kvm") ? Exists(eventsDir.c_str()) : true;
@@ -448,6 +461,12 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
       plan_.push_back({"kr_fault", "kretprobe:" + it->second, Attach::kKretprobe, it->second, ""});
       handler = true;
     }
+    auto ns = syms.find(kNotifierStart);
+    if (ns != syms.end())
+      plan_.push_back({"kp_notifier_start", "kprobe:" + ns->second, Attach::kKprobe, ns->second, ""});
+    else
+      plan_.push_back({"kp_notifier_start", std::string("kprobe:") + kNotifierStart, Attach::kKprobe, kNotifierStart,
+                       "not in /proc/kallsyms: INVALIDATE_START from the kvm_unmap_hva_range tracepoint"});
     auto mpf = syms.find("kvm_mmu_page_fault");
     if (!handler && mpf != syms.end()) {
       plan_.push_back({"kp_mmu_page_fault", "kprobe:" + mpf->second, Attach::kKprobe, mpf->second, ""});
@@ -481,6 +500,9 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     add("fe_faultin", "fx_faultin", {"kvm_mmu_faultin_pfn", "kvm_faultin_pfn"});
     add("fe_fault_tdp", "fx_fault_tdp", {"kvm_tdp_page_fault"});
     add("fe_fault_shadow", "fx_fault_shadow", {"paging64_page_fault"});
+    std::string why = !f.btfFuncs.count(kNotifierStart) ? "not in BTF" : !syms.count(kNotifierStart) ? "not in /proc/kallsyms" : "";
+    plan_.push_back({"fe_notifier_start", std::string("fentry:") + kNotifierStart, Attach::kFentry, kNotifierStart,
+                     why.empty() ? "" : why + ": INVALIDATE_START from the kvm_unmap_hva_range tracepoint"});
   }
 
   // open(options) -> { retPf, rangeIsGfn, btf, probes }
@@ -497,6 +519,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     const bool coalesce = o.Get("coalesce").ToBoolean();
     const bool exits = o.Get("exits").ToBoolean();
     const bool raw = o.Get("rawTracepoints").ToBoolean();
+    const bool stacks = !o.Get("invalidationStacks").IsBoolean() || o.Get("invalidationStacks").ToBoolean();
     plan_.clear();
     log_.clear();
     CollectScope scope(&log_, verbose_);
@@ -539,7 +562,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     bool any = false;
     for (auto& p : plan_) {
       if (!p.reason.empty()) continue;
-      if (own ? p.prog.rfind(own, 0) == 0
+      if (own ? p.prog.rfind(own, 0) == 0 && p.prog.find("notifier") == std::string::npos
               : (p.prog.find("spte_requested") != std::string::npos || IsFaultEntryTp(p.prog.substr(3))))
         any = true;
     }
@@ -571,6 +594,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     ro->emit_exits = exits;
     ro->range_is_gfn = facts.rangeIsGfn;
     ro->wakeup_bytes = wakeupBytes;
+    ro->invalidation_stacks = stacks;
     uint64_t key = 0;
     if (getrandom(&key, sizeof key, 0) != sizeof key) key = (uint64_t)time(nullptr) * 0x9e3779b97f4a7c15ULL;
     ro->vm_id_key = key;
@@ -622,6 +646,22 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     }
     loaded_ = true;
     return env.Undefined();
+  }
+
+  // stack(id) -> BigUint64Array of the kernel return addresses (innermost first) an
+  // INVALIDATE_START's stack_id names, or null when the map has no such id. Called once per
+  // distinct id (lib/sources.ts caches the source it resolves to).
+  Napi::Value Stack(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!loaded_) return Throw(env, "ECLOSED", EBADF, "tracer is not loaded");
+    const uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    uint64_t ips[KF_STACK_DEPTH] = {};
+    if (bpf_map__lookup_elem(skel_->maps.stacks, &id, sizeof id, ips, sizeof ips, 0)) return env.Null();
+    size_t n = 0;
+    while (n < KF_STACK_DEPTH && ips[n]) n++;
+    auto out = Napi::BigUint64Array::New(env, n);
+    for (size_t i = 0; i < n; i++) out[i] = ips[i];
+    return out;
   }
 
   Napi::Value AttachAll(const Napi::CallbackInfo& info) {
