@@ -347,6 +347,17 @@ export class RecordWriter {
   setRet(index: number, value: number): void {
     this.view.setInt32(index * RECORD_SIZE + RECORD_OFFSETS.ret, value, true);
   }
+  /** INVALIDATE_START's who-invalidated overlay (INVALIDATE_OFFSETS); fields left out stay unknown. */
+  setInvalidator(index: number, o: { comm?: string; stackId?: number; rangeEvent?: number }): void {
+    const base = index * RECORD_SIZE;
+    if (o.comm !== undefined) {
+      const at = base + INVALIDATE_OFFSETS.comm;
+      this.bytes.fill(0, at, at + 16);
+      this.bytes.set(Buffer.from(o.comm, 'latin1').subarray(0, 15), at);
+    }
+    if (o.stackId !== undefined) this.view.setInt32(base + INVALIDATE_OFFSETS.stack_id, o.stackId, true);
+    if (o.rangeEvent !== undefined) this.view.setUint32(base + INVALIDATE_OFFSETS.range_event, o.rangeEvent >>> 0, true);
+  }
 
   /** The records written so far as a batch (shares memory with this writer until it grows). */
   batch(): RecordBatch {
