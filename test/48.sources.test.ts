@@ -10,6 +10,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'fs';
 import * as path from 'path';
 import { Kind, RecordWriter } from '../lib/record';
+import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
+import { FaultMetrics } from '../lib/metrics';
 import {
   classifyInvalidation, frameFunction, InvalidationSources, KernelSymbols, remedy, SOURCE_NAMES, SOURCE_RULES,
   sourceRates, SourceName,
@@ -115,6 +117,19 @@ describe('48 invalidation sources: table, classifier, per-VM counts, remedies', 
     assert.deepEqual(vm('00000000000000bb').sources.map((s) => [s.source, s.count]), [['ksm', 4]]);
     assert.deepEqual(vm('00000000000000cc').sources.map((s) => [s.source, s.evidence]), [['other', 'no stack']]);
     assert.deepEqual(Object.keys(src.stacks()).sort(), ['0', '1']);
+  });
+
+  it('metrics: kvmfault_invalidations_total{vm,source} from the counts', async () => {
+    const src = new InvalidationSources(() => null);
+    src.add(invalidations([[0xaan, 'ksmd', -1, 7], [null, 'kcompactd0', -1, 3]]).batch());
+    const m = new FaultMetrics({
+      detector: new StaleFaultDetector({ retPf: RET_PF_6_1 }),
+      tracerStats: () => ({ submitted: 0, dropped: 0, bpfStatsEnabled: false, programs: [], stream: null }),
+      kernel: { release: '6.12.0', affected: false }, mode: 'tracepoint', sources: () => src.snapshot(),
+    });
+    const text = await m.registry.metrics();
+    assert.match(text, /^kvmfault_invalidations_total\{vm="00000000000000aa",source="ksm"\} 7$/m);
+    assert.match(text, /^kvmfault_invalidations_total\{vm="unknown",source="compaction"\} 3$/m);
   });
 
   it('rates between two snapshots: per VM and source, per second', () => {
