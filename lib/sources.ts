@@ -331,3 +331,33 @@ export function remedy(source: SourceName, affected: boolean): string {
   const specific = fix[source] ?? (source.startsWith('vmm-') ? "the VMM's own calls (balloon, free page reporting): reduce them in the VMM's configuration" : 'see the evidence frame');
   return `affected kernel: ${specific}; live-migrate the VM before its forecast crossing of 0x80000000 (migration resets the sequence)`;
 }
+
+/**
+ * The kernel stacks of a capture's invalidations (stack id -> frames) live beside it in
+ * <capture>.stacks.json: the capture header is written before any stack is known, and the
+ * format has no chunk type for them yet. Without the file, analyze names sources by comm only.
+ */
+export function stacksFilePath(capture: string): string {
+  return `${capture}.stacks.json`;
+}
+
+export function writeStacksFile(capture: string, stacks: Record<string, readonly string[]>): void {
+  fs.writeFileSync(stacksFilePath(capture), JSON.stringify({ format: 'kvmfault invalidation stacks v1', stacks }) + '\n');
+}
+
+/** The lookup for a capture's stacks, or null when it has no stacks file (or an unreadable one). */
+export function readStacksFile(capture: string): StackLookup | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
+  } catch {
+    return null;
+  }
+  const stacks = (parsed as { stacks?: unknown })?.stacks;
+  if (typeof stacks !== 'object' || stacks === null) return null;
+  const table = new Map<number, readonly string[]>();
+  for (const [id, frames] of Object.entries(stacks as Record<string, unknown>)) {
+    if (Array.isArray(frames) && frames.every((f) => typeof f === 'string')) table.set(Number(id), frames as string[]);
+  }
+  return (id) => table.get(id) ?? null;
+}

@@ -8,13 +8,16 @@
  */
 import assert from 'node:assert/strict';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
+import { analyzeFile, formatReport } from '../lib/analyze';
+import { CaptureWriter } from '../lib/capture';
 import { Kind, RecordWriter } from '../lib/record';
 import { RET_PF_6_1, StaleFaultDetector } from '../lib/detector';
 import { FaultMetrics } from '../lib/metrics';
 import {
   classifyInvalidation, frameFunction, InvalidationSources, KernelSymbols, remedy, SOURCE_NAMES, SOURCE_RULES,
-  sourceRates, SourceName,
+  sourceRates, SourceName, stacksFilePath, writeStacksFile,
 } from '../lib/sources';
 
 const FIXTURES = path.join(__dirname, '..', '..', 'test', 'fixtures', 'invalidation-stacks');
@@ -130,6 +133,30 @@ describe('48 invalidation sources: table, classifier, per-VM counts, remedies', 
     const text = await m.registry.metrics();
     assert.match(text, /^kvmfault_invalidations_total\{vm="00000000000000aa",source="ksm"\} 7$/m);
     assert.match(text, /^kvmfault_invalidations_total\{vm="unknown",source="compaction"\} 3$/m);
+  });
+
+  it('a capture keeps them: record writes <capture>.stacks.json, analyze names the sources from it (by comm only without it)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmfault-48-'));
+    try {
+      const file = path.join(dir, 'inv.kvmf');
+      const w = CaptureWriter.create(file, { meta: { hostKernel: '6.1.40' }, flushMs: 0 });
+      w.write(invalidations([[0xaan, 'kvmfault-wl', 0, 3], [0xaan, 'ksmd', 1, 2]]).batch());
+      w.close();
+      const all = fixtureFiles().flatMap((f) => f.stacks);
+      writeStacksFile(file, { 0: all.find((s) => s.expect === 'vmm-madvise')!.frames, 1: all.find((s) => s.expect === 'ksm')!.frames });
+      const r = await analyzeFile(file);
+      assert.equal(r.invalidationSources?.stacks, 'stacks file');
+      assert.deepEqual(r.invalidationSources?.vms[0].sources.map((x) => [x.source, x.count]), [['vmm-madvise', 3], ['ksm', 2]]);
+      const text = formatReport(r);
+      assert.match(text, /vm 00000000000000aa: 5 invalidation\(s\): vmm-madvise 3 \(madvise_vma_behavior, kvmfault-wl\), ksm 2 \(write_protect_page, ksmd\)/);
+      assert.match(text, /remedy: affected kernel: .*live-migrate/);
+      fs.unlinkSync(stacksFilePath(file));
+      const byComm = await analyzeFile(file);
+      assert.equal(byComm.invalidationSources?.stacks, 'comm only');
+      assert.deepEqual(byComm.invalidationSources?.vms[0].sources.map((x) => [x.source, x.count]), [['other', 3], ['ksm', 2]]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('rates between two snapshots: per VM and source, per second', () => {
