@@ -165,6 +165,9 @@ export interface EventBatch {
   rangeEnd(i: number): number;
   ret(i: number): number;
   repeat(i: number): number;
+  /** The little-endian u32 at byte `offset` of record i: for overlays such as INVALIDATE_OFFSETS
+   *  (lib/sources.ts), read without allocating. */
+  u32At(i: number, offset: number): number;
   get(i: number): FaultEvent;
   /** A batch that owns its bytes (survives the next pull). */
   copy(): EventBatch;
@@ -252,6 +255,7 @@ export class RecordBatch implements EventBatch {
   rangeEnd(i: number): number { return this.u64(i, RECORD_OFFSETS.range_end); }
   ret(i: number): number { return this.view.getInt32(this.at(i) + RECORD_OFFSETS.ret, true); }
   repeat(i: number): number { return this.u32(i, RECORD_OFFSETS.repeat); }
+  u32At(i: number, offset: number): number { return this.u32(i, offset); }
 
   get(i: number): FaultEvent {
     const ripLo = this.ripLo(i), ripHi = this.ripHi(i);

@@ -162,17 +162,16 @@ export class KernelSymbols {
 
 /** The comm in an INVALIDATE_START record, or null when the record has none (comm[0] = 0xff). */
 export function recordComm(batch: EventBatch, i: number): string | null {
-  const b = batch.recordBytes(i);
   const at = INVALIDATE_OFFSETS.comm;
-  if (b[at] === 0xff) return null;
+  if ((batch.u32At(i, at) & 0xff) === 0xff) return null;
+  const b = batch.recordBytes(i);
   let end = at;
   while (end < at + 16 && b[end] !== 0) end++;
   return Buffer.from(b.subarray(at, end)).toString('latin1');
 }
 
 function recordU32(batch: EventBatch, i: number, off: number): number {
-  const b = batch.recordBytes(i);
-  return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
+  return batch.u32At(i, off);
 }
 
 /** stack_id as a signed number: >= 0 an id, -1 not taken, other negative: -errno */

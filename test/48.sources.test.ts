@@ -148,7 +148,7 @@ describe('48 invalidation sources: table, classifier, per-VM counts, remedies', 
       assert.equal(r.invalidationSources?.stacks, 'stacks file');
       assert.deepEqual(r.invalidationSources?.vms[0].sources.map((x) => [x.source, x.count]), [['vmm-madvise', 3], ['ksm', 2]]);
       const text = formatReport(r);
-      assert.match(text, /vm 00000000000000aa: 5 invalidation\(s\): vmm-madvise 3 \(madvise_vma_behavior, kvmfault-wl\), ksm 2 \(write_protect_page, ksmd\)/);
+      assert.match(text, /vm 00000000000000aa: 5 invalidation\(s\): vmm-madvise 3 \(do_madvise, kvmfault-wl\), ksm 2 \(write_protect_page, ksmd\)/);
       assert.match(text, /remedy: affected kernel: .*live-migrate/);
       fs.unlinkSync(stacksFilePath(file));
       const byComm = await analyzeFile(file);
