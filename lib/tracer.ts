@@ -309,7 +309,8 @@ function describeMode(a: Attempt): string[] {
   if (a.mode === 'tracepoint') {
     notes.push(
       `tracepoint mode (${a.rawTracepoints ? 'raw_tracepoint' : 'tp_btf'}): FAULT at fault entry, MAP when an spte is ` +
-      'requested, INVALIDATE_START per mmu_notifier unmap; no FAULTIN/FAULTIN_RET/FAULT_RET: a fault abandoned as ' +
+      'requested, INVALIDATE_START per mmu_notifier unmap (with the invalidating task\'s comm and kernel stack; its VM only when ' +
+      'that task is the VMM: kernel threads\' invalidations have none); no FAULTIN/FAULTIN_RET/FAULT_RET: a fault abandoned as ' +
       'stale (RET_PF_RETRY) shows only as a FAULT with no MAP after it');
     const running = kallsymsHas(['kvm_running_vcpu']).kvm_running_vcpu;
     notes.push(
@@ -328,7 +329,10 @@ function describeMode(a: Attempt): string[] {
     }
   } else {
     notes.push(`${a.mode} mode: FAULT/FAULT_RET (ret = RET_PF_*, decode with tracer.retPf) on the fault handlers, ` +
-      'FAULTIN/FAULTIN_RET on the fault-in function, MAP and INVALIDATE_START from tracepoints');
+      'FAULTIN/FAULTIN_RET on the fault-in function, MAP from a tracepoint, INVALIDATE_START ' +
+      (attached(/kvm_mmu_notifier_invalidate_range_start/)
+        ? 'from kvm_mmu_notifier_invalidate_range_start: the VM of every invalidation (kernel threads\' too) and its mmu_notifier_range event'
+        : 'from the kvm_unmap_hva_range tracepoint (the notifier cannot be probed here): kernel threads\' invalidations have no VM'));
     if (attached(/kvm_mmu_page_fault/)) {
       notes.push('only kvm_mmu_page_fault could be probed: before 6.14 it folds RETRY/FIXED/SPURIOUS into 1, so FAULT_RET ' +
         'ret is coarse; use FAULTIN_RET and MAP');

@@ -14,11 +14,11 @@
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { Kind, type EventBatch } from '../lib/record';
-import { InvalidationSources, recordComm, recordStackId, SourceName } from '../lib/sources';
+import { Kind, UNKNOWN, type EventBatch } from '../lib/record';
+import { InvalidationSources, rangeEventName, recordComm, recordRangeEvent, recordStackId, SourceName } from '../lib/sources';
 import { openTracer, Tracer, TracerOptions } from '../lib/tracer';
 import { runWorkload, WorkloadInfo, WorkloadOptions, WorkloadResult } from '../lib/workload';
-import { requireKvm } from './helpers/host';
+import { requireKvm, traceSupport } from './helpers/host';
 
 function report(what: string, data: object): void {
   console.log(`@@kernels ${JSON.stringify({ kernel: release(), what, ...data })}`);
@@ -35,6 +35,8 @@ interface Traced {
   byVm: Record<string, number>;
   /** comms seen per source (in region) */
   comms: Partial<Record<SourceName, string[]>>;
+  /** range events (enum mmu_notifier_event names) seen per source, in region; none from the tracepoint */
+  events: Partial<Record<SourceName, string[]>>;
   sources: InvalidationSources;
   programs: { name: string; runCount: number; runTimeNs: number }[];
   dropped: number;
@@ -45,12 +47,13 @@ interface Traced {
  * not given, so kernel threads are seen) and attributes the invalidations of its guest region.
  */
 async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOptions,
-  during?: (t: Tracer, seen: () => Traced) => void): Promise<Traced> {
+  during?: (t: Tracer, seen: () => Traced) => void): Promise<Traced & { mode: string; probes: string[] }> {
   const tracer = await openTracer({ mode: 'tracepoint', ...tracerOptions });
+  const probes = tracer.probes.filter((p) => p.attached).map((p) => p.name);
   const sources = new InvalidationSources((id) => tracer.stack(id));
   const regions: Region[] = [];
   let info: WorkloadInfo | null = null;
-  const out: Traced = { result: null, info: null as unknown as WorkloadInfo, bySource: {}, byVm: {}, comms: {}, sources, programs: [], dropped: 0 };
+  const out: Traced = { result: null, info: null as unknown as WorkloadInfo, bySource: {}, byVm: {}, comms: {}, events: {}, sources, programs: [], dropped: 0 };
   const printed = new Set<number>();
   // records that came before onStart said where the guest region is (the ring can be read first)
   const early: { batch: EventBatch; i: number }[] = [];
@@ -66,6 +69,11 @@ async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOpti
     const comm = recordComm(batch, i) ?? '?';
     const list = (out.comms[attribution.source] ??= []);
     if (!list.includes(comm)) list.push(comm);
+    const ev = rangeEventName(recordRangeEvent(batch, i) ?? UNKNOWN);
+    if (ev) {
+      const evs = (out.events[attribution.source] ??= []);
+      if (!evs.includes(ev)) evs.push(ev);
+    }
     const id = recordStackId(batch, i);
     if (id >= 0 && !printed.has(id)) {
       printed.add(id);
@@ -121,7 +129,7 @@ async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOpti
   }
   assert.ok(info, 'the workload never started');
   out.info = info;
-  return out;
+  return { ...out, mode: tracer.mode, probes };
 }
 
 /** A sysfs / procfs value set for the test and put back after. */
@@ -200,6 +208,37 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
     }
     assert.ok((t.byVm.known ?? 0) >= t.bySource.compaction!, 'compaction run by this process is tied to its VM');
   });
+
+  for (const mode of ['kprobe', 'fentry'] as const) {
+    it(`${mode} mode: the notifier probe names the VM of ksmd's invalidations and the kernel's reason code (mmu_notifier_range.event)`, async function () {
+      const support = traceSupport();
+      const m = mode === 'kprobe' ? support.kprobes : support.fentry;
+      if (!m.available) throw new Error(`${mode} is not available in this kernel: ${m.evidence}`);
+      const ksm = ['run', 'pages_to_scan', 'sleep_millisecs'].map((f) => setting(`/sys/kernel/mm/ksm/${f}`));
+      const [run, pages, sleep] = ksm;
+      const ac = new AbortController();
+      try {
+        pages.set('4096');
+        sleep.set('10');
+        run.set('1');
+        const deadline = Date.now() + 240_000;
+        const t = await traceSources({ sizeMiB: 8, runs: 2, burst: 50_000_000, mergeable: true, signal: ac.signal }, { mode },
+          (_tracer, seen) => { if (((seen().bySource.ksm ?? 0) >= 16 && (seen().bySource['vmm-madvise'] ?? 0) >= 16) || Date.now() > deadline) ac.abort(); });
+        report(`${mode} notifier sources`, { mode: t.mode, probes: t.probes, bySource: t.bySource, byVm: t.byVm, comms: t.comms, events: t.events, dropped: t.dropped });
+        assert.ok(t.probes.includes(mode === 'kprobe' ? 'kp_notifier_start' : 'fe_notifier_start'), `notifier probe not attached: ${t.probes.join(' ')}`);
+        assert.ok(!t.probes.some((p) => p.includes('unmap_hva_range')), 'the tracepoint too: every invalidation would be counted twice');
+        assert.ok((t.bySource.ksm ?? 0) >= 16, `ksmd invalidated ${t.bySource.ksm ?? 0} guest pages`);
+        assert.equal(t.byVm.unknown ?? 0, 0, 'an invalidation of guest memory without its VM');
+        // zap (MADV_DONTNEED) is MMU_NOTIFY_CLEAR; KSM's write protect / replace: CLEAR as well
+        assert.deepEqual(t.events['vmm-madvise'], ['clear']);
+        assert.ok(t.events.ksm && t.events.ksm.length > 0, 'no range event on the KSM records');
+      } finally {
+        ac.abort();
+        run.set('2');
+        for (const x of ksm) x.restore();
+      }
+    });
+  }
 
   it('cost of the attribution in the kernel: the invalidation program with and without the stack id (bpf_stats)', async function () {
     const stats = setting('/proc/sys/kernel/bpf_stats_enabled');

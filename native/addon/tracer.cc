@@ -542,6 +542,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     std::set<std::string> want(std::begin(kFaultinCandidates), std::end(kFaultinCandidates));
     want.insert(std::begin(kHandlerCandidates), std::end(kHandlerCandidates));
     want.insert("kvm_mmu_page_fault");
+    want.insert(kNotifierStart);
     if (mode_ == Mode::kKprobe) {
       PlanKprobes(KallsymsLookup(want));
       PlanTracepoints(facts, raw, false);

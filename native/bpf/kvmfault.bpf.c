@@ -736,9 +736,14 @@ int BPF_KPROBE(kp_notifier_start, struct mmu_notifier *mn, const struct mmu_noti
 /* ---- fentry set (targets set by the loader; these names are defaults for 6.18) ------------- */
 
 SEC("fentry/kvm_mmu_notifier_invalidate_range_start")
-int BPF_PROG(fe_notifier_start, struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+int fe_notifier_start(__u64 *ctx)
 {
-	return on_notifier_range_start(ctx, mn, range);
+	/* the arguments as plain numbers: the verifier types them as kernel pointers, and a typed
+	 * pointer cannot go through container_of's negative offset and the VM id hash */
+	__u64 args[2];
+	if (bpf_probe_read_kernel(args, sizeof(args), ctx))
+		return 0;
+	return on_notifier_range_start(ctx, (struct mmu_notifier *)args[0], (const struct mmu_notifier_range *)args[1]);
 }
 
 SEC("fentry/kvm_mmu_faultin_pfn")
