@@ -19,6 +19,7 @@ import { InvalidationSources, rangeEventName, recordComm, recordRangeEvent, reco
 import { openTracer, Tracer, TracerOptions } from '../lib/tracer';
 import { runWorkload, WorkloadInfo, WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { requireKvm, traceSupport } from './helpers/host';
+import { runDoctor } from '../lib/doctor';
 
 function report(what: string, data: object): void {
   console.log(`@@kernels ${JSON.stringify({ kernel: release(), what, ...data })}`);
@@ -239,6 +240,28 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
       }
     });
   }
+
+  it("doctor --sources: a short live sample of the whole host names the VMM's madvise as what invalidates its VM", async () => {
+    const ac = new AbortController();
+    let started = false;
+    const wl = runWorkload({ sizeMiB: 2, runs: 2, burst: 50_000_000, signal: ac.signal, onStart: () => { started = true; } })
+      .catch((e: Error) => { if (e.name !== 'AbortError') throw e; return null; });
+    try {
+      while (!started) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 2000)); // run 1 done, the burst going
+      const doctor = await runDoctor({ tryTracer: false, sourcesSeconds: 3 });
+      const check = doctor.checks.find((c) => c.id === 'invalidation-sources');
+      report('doctor sources', { check, sample: doctor.sources });
+      assert.ok(check && doctor.sources && !doctor.sources.error, `no sample: ${JSON.stringify(check)}`);
+      const top = doctor.sources.vms[0];
+      assert.notEqual(top.vmId, 'unknown');
+      assert.equal(top.sources[0].source, 'vmm-madvise', JSON.stringify(top));
+      assert.match(check.detail, /vmm-madvise [0-9.]+\/s \(do_madvise, node\)/);
+    } finally {
+      ac.abort();
+      await wl;
+    }
+  });
 
   it('cost of the attribution in the kernel: the invalidation program with and without the stack id (bpf_stats)', async function () {
     const stats = setting('/proc/sys/kernel/bpf_stats_enabled');
