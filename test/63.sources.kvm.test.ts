@@ -139,6 +139,34 @@ function setting(path: string): { set(v: string): void; restore(): void; get(): 
   return { set: (v) => writeFileSync(path, v), restore: () => writeFileSync(path, before), get: () => readFileSync(path, 'utf8').trim() };
 }
 
+/**
+ * The workload with MADV_MERGEABLE guest memory while KSM runs (ksm/run = 1, fast scans),
+ * traced until `enough` says so (or 240 s); the burst keeps the VM alive between its runs while
+ * ksmd scans. KSM's settings are put back after (run = 2 first: unmerge what was merged).
+ */
+async function traceKsmMerging(tracerOptions: TracerOptions, enough: (seen: Traced) => boolean): Promise<Awaited<ReturnType<typeof traceSources>>> {
+  let ksm: ReturnType<typeof setting>[];
+  try {
+    ksm = ['run', 'pages_to_scan', 'sleep_millisecs'].map((f) => setting(`/sys/kernel/mm/ksm/${f}`));
+  } catch (e) {
+    throw new Error(`KSM is not available in this kernel (${(e as Error).message}): CONFIG_KSM off`);
+  }
+  const [run, pages, sleep] = ksm;
+  const ac = new AbortController();
+  try {
+    pages.set('4096');
+    sleep.set('10');
+    run.set('1');
+    const deadline = Date.now() + 240_000;
+    return await traceSources({ sizeMiB: 8, runs: 2, burst: 50_000_000, mergeable: true, signal: ac.signal }, tracerOptions,
+      (_tracer, seen) => { if (enough(seen()) || Date.now() > deadline) ac.abort(); });
+  } finally {
+    ac.abort();
+    run.set('2');
+    for (const x of ksm) x.restore();
+  }
+}
+
 describe('63 invalidation sources on a real guest (the built-in workload)', function () {
   this.timeout(900_000);
   before(function () { requireKvm(this); });
@@ -167,30 +195,10 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
   }
 
   it('KSM for real: ksmd merging the guest\'s identical pages is attributed to ksm (by its stack; the tracepoint cannot name the VM)', async function () {
-    let ksm: ReturnType<typeof setting>[];
-    try {
-      ksm = ['run', 'pages_to_scan', 'sleep_millisecs'].map((f) => setting(`/sys/kernel/mm/ksm/${f}`));
-    } catch (e) {
-      throw new Error(`KSM is not available in this kernel (${(e as Error).message}): CONFIG_KSM off`);
-    }
-    const [run, pages, sleep] = ksm;
-    const ac = new AbortController();
-    try {
-      pages.set('4096');
-      sleep.set('10');
-      run.set('1');
-      // the burst keeps the VM alive between its runs while ksmd scans; stopped once ksmd merged
-      const deadline = Date.now() + 240_000;
-      const t = await traceSources({ sizeMiB: 8, runs: 2, burst: 50_000_000, mergeable: true, signal: ac.signal }, {},
-        (_tracer, seen) => { if ((seen().bySource.ksm ?? 0) >= 16 || Date.now() > deadline) ac.abort(); });
-      report('ksm sources', { bySource: t.bySource, byVm: t.byVm, comms: t.comms, dropped: t.dropped });
-      assert.ok((t.bySource.ksm ?? 0) >= 16, `ksmd invalidated ${t.bySource.ksm ?? 0} guest pages (sources seen in the region: ${JSON.stringify(t.bySource)})`);
-      assert.deepEqual(t.comms.ksm, ['ksmd']);
-    } finally {
-      ac.abort();
-      run.set('2'); // unmerge what was merged, then the settings as they were
-      for (const s of ksm) s.restore();
-    }
+    const t = await traceKsmMerging({}, (seen) => (seen.bySource.ksm ?? 0) >= 16);
+    report('ksm sources', { bySource: t.bySource, byVm: t.byVm, comms: t.comms, dropped: t.dropped });
+    assert.ok((t.bySource.ksm ?? 0) >= 16, `ksmd invalidated ${t.bySource.ksm ?? 0} guest pages (sources seen in the region: ${JSON.stringify(t.bySource)})`);
+    assert.deepEqual(t.comms.ksm, ['ksmd']);
   });
 
   it('compaction by /proc/sys/vm/compact_memory: guest pages it migrates are attributed to compaction and to the VM (the writer is this process)', async function () {
@@ -215,29 +223,15 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
       const support = traceSupport();
       const m = mode === 'kprobe' ? support.kprobes : support.fentry;
       if (!m.available) throw new Error(`${mode} is not available in this kernel: ${m.evidence}`);
-      const ksm = ['run', 'pages_to_scan', 'sleep_millisecs'].map((f) => setting(`/sys/kernel/mm/ksm/${f}`));
-      const [run, pages, sleep] = ksm;
-      const ac = new AbortController();
-      try {
-        pages.set('4096');
-        sleep.set('10');
-        run.set('1');
-        const deadline = Date.now() + 240_000;
-        const t = await traceSources({ sizeMiB: 8, runs: 2, burst: 50_000_000, mergeable: true, signal: ac.signal }, { mode },
-          (_tracer, seen) => { if (((seen().bySource.ksm ?? 0) >= 16 && (seen().bySource['vmm-madvise'] ?? 0) >= 16) || Date.now() > deadline) ac.abort(); });
-        report(`${mode} notifier sources`, { mode: t.mode, probes: t.probes, bySource: t.bySource, byVm: t.byVm, comms: t.comms, events: t.events, dropped: t.dropped });
-        assert.ok(t.probes.includes(mode === 'kprobe' ? 'kp_notifier_start' : 'fe_notifier_start'), `notifier probe not attached: ${t.probes.join(' ')}`);
-        assert.ok(!t.probes.some((p) => p.includes('unmap_hva_range')), 'the tracepoint too: every invalidation would be counted twice');
-        assert.ok((t.bySource.ksm ?? 0) >= 16, `ksmd invalidated ${t.bySource.ksm ?? 0} guest pages`);
-        assert.equal(t.byVm.unknown ?? 0, 0, 'an invalidation of guest memory without its VM');
-        // zap (MADV_DONTNEED) is MMU_NOTIFY_CLEAR; KSM's write protect / replace: CLEAR as well
-        assert.deepEqual(t.events['vmm-madvise'], ['clear']);
-        assert.ok(t.events.ksm && t.events.ksm.length > 0, 'no range event on the KSM records');
-      } finally {
-        ac.abort();
-        run.set('2');
-        for (const x of ksm) x.restore();
-      }
+      const t = await traceKsmMerging({ mode }, (seen) => (seen.bySource.ksm ?? 0) >= 16 && (seen.bySource['vmm-madvise'] ?? 0) >= 16);
+      report(`${mode} notifier sources`, { mode: t.mode, probes: t.probes, bySource: t.bySource, byVm: t.byVm, comms: t.comms, events: t.events, dropped: t.dropped });
+      assert.ok(t.probes.includes(mode === 'kprobe' ? 'kp_notifier_start' : 'fe_notifier_start'), `notifier probe not attached: ${t.probes.join(' ')}`);
+      assert.ok(!t.probes.some((p) => p.includes('unmap_hva_range')), 'the tracepoint too: every invalidation would be counted twice');
+      assert.ok((t.bySource.ksm ?? 0) >= 16, `ksmd invalidated ${t.bySource.ksm ?? 0} guest pages`);
+      assert.equal(t.byVm.unknown ?? 0, 0, 'an invalidation of guest memory without its VM');
+      // zap (MADV_DONTNEED) is MMU_NOTIFY_CLEAR; KSM's write protect / replace: CLEAR as well
+      assert.deepEqual(t.events['vmm-madvise'], ['clear']);
+      assert.ok(t.events.ksm && t.events.ksm.length > 0, 'no range event on the KSM records');
     });
   }
 
