@@ -19,7 +19,7 @@ import { INVALIDATE_OFFSETS, Kind, UNKNOWN, type EventBatch } from './record';
 
 export const SOURCE_NAMES = [
   'memslot', 'numa-balancing', 'ksm', 'thp-collapse', 'compaction', 'reclaim', 'migration',
-  'vmm-madvise', 'vmm-munmap', 'vmm-mprotect', 'vmm-mremap', 'vmm-exit', 'fork-cow', 'other',
+  'vmm-madvise', 'vmm-munmap', 'vmm-mprotect', 'vmm-mremap', 'vmm-exit', 'fork', 'cow', 'other',
 ] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
 
@@ -62,8 +62,10 @@ export const SOURCE_RULES: readonly SourceRule[] = [
     functions: ['__x64_sys_mremap', '__do_sys_mremap', 'do_mremap', 'move_vma', 'move_page_tables', 'mremap_to'] },
   { source: 'vmm-exit', what: 'the VMM process exiting (its address space torn down)',
     functions: ['exit_mmap', 'mmput', 'do_exit'] },
-  { source: 'fork-cow', what: 'fork write-protecting the VMM, or a copy-on-write break after it',
-    functions: ['copy_page_range', 'dup_mmap', 'wp_page_copy', 'do_wp_page'] },
+  { source: 'fork', what: 'the VMM forking: its private memory write-protected for copy-on-write',
+    functions: ['copy_page_range', 'dup_mmap'] },
+  { source: 'cow', what: 'a copy-on-write break: a write to a page shared after fork or by KSM, or to the zero page a read had mapped (seen in vCPU threads faulting guest memory back in after MADV_DONTNEED)',
+    functions: ['wp_page_copy', 'do_wp_page'] },
 ];
 
 /** Frames of the tracing and notifier machinery above the caller (never the source). */
@@ -326,6 +328,8 @@ export function remedy(source: SourceName, affected: boolean): string {
     reclaim: 'give the host memory headroom (the guest is being reclaimed/swapped): lower overcommit, or lock guest memory',
     migration: 'find what migrates guest pages (cpuset moves, memory offlining, move_pages callers)',
     memslot: 'memslot changes come from the VMM (hotplug, ROM/PCI BAR remaps): expected to be rare',
+    cow: 'copy-on-write breaks: a VMM that discards guest pages (MADV_DONTNEED: balloon, free page reporting) makes every next write a zero-page copy; no fork() in the VMM, no KSM on guest memory',
+    fork: 'the VMM forks: make it not fork (or mark guest memory MADV_DONTFORK)',
   };
   const specific = fix[source] ?? (source.startsWith('vmm-') ? "the VMM's own calls (balloon, free page reporting): reduce them in the VMM's configuration" : 'see the evidence frame');
   return `affected kernel: ${specific}; live-migrate the VM before its forecast crossing of 0x80000000 (migration resets the sequence)`;
