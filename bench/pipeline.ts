@@ -44,6 +44,7 @@ class TestAsFault implements EventBatch {
   rangeEnd(i: number): number { return this.inner.rangeEnd(i); }
   ret(i: number): number { return this.inner.ret(i); }
   repeat(i: number): number { return this.inner.repeat(i); }
+  u32At(i: number, offset: number): number { return this.inner.u32At(i, offset); }
   get(i: number): FaultEvent { return this.inner.get(i); }
   copy(): EventBatch { return this.inner.copy(); }
   recordBytes(i: number): Uint8Array { return this.inner.recordBytes(i); }

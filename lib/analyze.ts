@@ -14,6 +14,7 @@ import { CounterVm, EvidenceLines, PSEUDO_GPA } from './import/text';
 import { judgeKernel, KernelInfo, retPfTable, RetPfTable, StaleCheckSignature } from './kernels';
 import type { EventBatch } from './record';
 import { Timeline, TimelineData } from './report/timeline';
+import { InvalidationSources, readStacksFile, remedy, VmSources } from './sources';
 
 function isStaleCheck(x: unknown): x is StaleCheckSignature {
   const o = x as StaleCheckSignature | null;
@@ -57,6 +58,9 @@ export interface AnalysisReport {
   vms: VmForecast[];
   /** per-VM verdicts from KVM counters (kvm-counters logs), stuck first */
   counterVms: CounterVm[];
+  /** who invalidated each VM (captures with INVALIDATE_START records); stacks: where the kernel
+   * stacks came from (<capture>.stacks.json) or 'comm only' */
+  invalidationSources: { vms: VmSources[]; stacks: 'stacks file' | 'comm only' } | null;
   /** VMs whose counters say stuck */
   stuckVms: number;
   /** whether the input names the VMM pid and the vCPU thread (trace-cmd: no pid; uniq -c: neither) */
@@ -195,11 +199,17 @@ async function analyzeCapture(path: string, bytes: number, options: AnalyzeOptio
   const retPf = retPfTable(meta.retPf, st.kernel);
   const detector = st.makeDetector(retPf);
   const timeline = st.timeline;
-  const records = await feedCapture(reader, detector, timeline ? (b) => timeline.push(b) : undefined);
+  const stackLookup = path === '-' ? null : readStacksFile(path);
+  const sources = new InvalidationSources(stackLookup);
+  const records = await feedCapture(reader, detector, (b) => {
+    timeline?.push(b);
+    sources.add(b);
+  });
   return finishReport({
     path, format: 'capture', bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records, detector, latest: st.latest, timeline: st.timeline,
     importer: null, capture: { meta, damage: reader.damage, version: reader.header.version, complete: reader.complete, gaps: reader.gaps, metaIntact: reader.header.metaIntact }, evidence: null, vcpuAddrs: null, counterVms: [],
     hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: 0,
+    invalidationSources: sources.invalidations > 0 ? { vms: sources.snapshot(), stacks: stackLookup ? 'stacks file' : 'comm only' } : null,
   });
 }
 
@@ -299,6 +309,7 @@ interface Finish {
   hasSeq: boolean;
   pseudoGpa: boolean;
   lost: number;
+  invalidationSources?: AnalysisReport['invalidationSources'];
 }
 
 const PSEUDO_GPA_HEX = PSEUDO_GPA.toString(16);
@@ -346,6 +357,7 @@ function finishReport(f: Finish): AnalysisReport {
     vcpus,
     vms: detector.forecast(),
     counterVms,
+    invalidationSources: f.invalidationSources ?? null,
     stuckVms: counterVms.filter((v) => v.state === 'stuck').length,
     hasPid: f.hasPid,
     hasTid: f.hasTid,
@@ -441,6 +453,15 @@ export function formatReport(r: AnalysisReport): string {
       out.push(`              ${vm.explanation}`);
     }
   }
+  if (r.invalidationSources) {
+    const inv = r.invalidationSources;
+    out.push('');
+    out.push(`invalidation sources (${inv.stacks === 'stacks file' ? 'from the kernel stacks beside the capture' : 'by comm only: no .stacks.json beside the capture'}):`);
+    for (const vm of inv.vms) {
+      out.push(`  vm ${vm.vmId}: ${vm.total} invalidation(s): ${vm.sources.map((x) => `${x.source} ${x.count} (${x.evidence}${x.comm && x.comm !== x.evidence ? `, ${x.comm}` : ''})`).join(', ')}`);
+      if (r.kernel && r.kernel.affected !== null) out.push(`    remedy: ${remedy(vm.sources[0].source, r.kernel.affected)}`);
+    }
+  }
   const st = r.detector;
   if (st.evictedIdle + st.evictedForCapacity > 0) out.push(`evicted vCPUs: ${st.evictedIdle} idle, ${st.evictedForCapacity} for capacity`);
   // each entry is one line; what came from the input (skipped lines, the capture's metadata, the
@@ -481,6 +502,7 @@ export function reportJson(r: AnalysisReport): object {
     ],
     importer: r.importer,
     capture: r.capture,
+    invalidationSources: r.invalidationSources,
     detector: r.detector,
   };
 }

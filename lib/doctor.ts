@@ -15,6 +15,7 @@ import { vmNameFromArgv } from './procinfo';
 import { escapeControl } from './escape';
 import { parseKallsyms, PROBED_FUNCTIONS, readKallsyms, REMEDY, TRACEPOINTS } from './probes';
 import { detectKvmHost } from './workload';
+import { InvalidationSources, remedy, VmSources } from './sources';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'info';
 
@@ -86,6 +87,7 @@ export interface DoctorReport {
   numaBalancing: number | null;
   ksm: { run: number | null; pagesSharing: number | null; fullScans: number | null };
   thp: { enabled: string | null; defrag: string | null };
+  sources: SourcesSample | null;
   checks: Check[];
   summary: { pass: number; warn: number; fail: number; info: number };
 }
@@ -95,6 +97,16 @@ export interface DoctorOptions {
   tryTracer?: boolean;
   /** root of /proc and /sys (tests); default '/' */
   root?: string;
+  /** trace every process this many seconds and say which sources invalidate which VMs (0: no sample) */
+  sourcesSeconds?: number;
+}
+
+/** A live sample of who invalidates which VM (lib/sources.ts), from `doctor --sources`. */
+export interface SourcesSample {
+  seconds: number;
+  mode: string | null;
+  vms: VmSources[];
+  error: string | null;
 }
 
 const CAP_SYS_ADMIN = 21, CAP_PERFMON = 38, CAP_BPF = 39;
@@ -239,6 +251,27 @@ function probePoints(root: string): ProbePoints {
     symbols,
     tracepoints,
   };
+}
+
+/** Traces every process for `seconds` (auto mode) and counts invalidations per VM and source. */
+async function sampleSources(seconds: number): Promise<SourcesSample> {
+  const out: SourcesSample = { seconds, mode: null, vms: [], error: null };
+  try {
+    const { openTracer } = await import('./tracer');
+    const t = await openTracer({ mode: 'auto', ringBytes: 1 << 22 });
+    out.mode = t.mode;
+    const sources = new InvalidationSources((id) => t.stack(id));
+    const stop = AbortSignal.timeout(seconds * 1000);
+    try {
+      for await (const batch of t.events({ signal: stop })) sources.add(batch);
+    } finally {
+      t.close();
+    }
+    out.vms = sources.snapshot();
+  } catch (e) {
+    out.error = (e as Error).message.split('\n')[0];
+  }
+  return out;
 }
 
 async function tryTracer(): Promise<TracerTrial> {
@@ -388,6 +421,20 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
     thp.enabled === null ? 'not available in this kernel' : `enabled = ${thp.enabled}, defrag = ${thp.defrag ?? '?'}`,
     thpBusy ? 'consider defrag = madvise (echo madvise > /sys/kernel/mm/transparent_hugepage/defrag)' : '');
 
+  // a live sample: which sources invalidate which VMs right now
+  let sources: SourcesSample | null = null;
+  if ((options.sourcesSeconds ?? 0) > 0) {
+    sources = await sampleSources(options.sourcesSeconds!);
+    const s = sources;
+    const per = (n: number): string => `${(n / s.seconds).toFixed(n / s.seconds < 10 ? 1 : 0)}/s`;
+    add('invalidation-sources', `who invalidates VM memory (${s.seconds} s live sample)`, s.error ? 'warn' : 'info',
+      s.error ? `cannot sample: ${s.error}`
+        : s.vms.length === 0 ? `no invalidation of VM memory in ${s.seconds} s (${s.mode} mode)`
+          : s.vms.map((v) => `vm ${v.vmId}: ${v.sources.slice(0, 4).map((x) => `${x.source} ${per(x.count)} (${escapeControl(x.evidence)}${x.comm && x.comm !== x.evidence ? `, ${escapeControl(x.comm)}` : ''})`).join(', ')}`).join('; ') +
+            (s.mode === 'tracepoint' && s.vms.some((v) => v.vmId === 'unknown') ? ' (vm unknown: kernel threads, which tracepoint mode cannot tie to a VM)' : ''),
+      s.vms.length && kernel.affected !== null ? remedy(s.vms[0].sources[0].source, kernel.affected) : '');
+  }
+
   const summary = { pass: 0, warn: 0, fail: 0, info: 0 };
   for (const c of checks) summary[c.status]++;
   return {
@@ -396,7 +443,7 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
     btf: { vmlinux, kvmModule, kvmBuiltin, kvmInVmlinux },
     probes, tracer,
     kvm: { devKvm, accessible, vms },
-    numaBalancing, ksm, thp, checks, summary,
+    numaBalancing, ksm, thp, sources, checks, summary,
   };
 }
 

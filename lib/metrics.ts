@@ -17,6 +17,7 @@ import type { KernelInfo } from './kernels';
 import type { TracerStats } from './tracer';
 import { CounterSourceKind, CounterView, KVM_STATS, VcpuCounterView, VmCounterView } from './counters';
 import type { Escalator } from './escalate';
+import type { VmSources } from './sources';
 
 export interface FaultMetricsOptions {
   detector: StaleFaultDetector;
@@ -25,6 +26,8 @@ export interface FaultMetricsOptions {
   mode: string;
   /** records pushed into the detector so far */
   records?: () => number;
+  /** invalidations per VM and source (lib/sources.ts), when the tracer feeds an InvalidationSources */
+  sources?: () => VmSources[];
 }
 
 const VCPU_LABELS = ['vm', 'pid', 'tid', 'vcpu'] as const;
@@ -170,6 +173,15 @@ export class FaultMetrics {
     // per VM
     vmSequenceGauges(r, () => forecast().map((vm) => ({ vm: vm.vmId, pid: vm.pid, seq: vm.seq === null ? null : parseInt(vm.seq, 16),
       ratePerSec: vm.ratePerSec, secondsToSignBit: vm.secondsToSignBit })));
+
+    const sources = o.sources;
+    if (sources) {
+      new Counter({ name: 'kvmfault_invalidations_total', help: "mmu_notifier invalidations of the VM's memory by source (numa-balancing, ksm, thp-collapse, compaction, reclaim, migration, vmm-madvise, ...); vm=\"unknown\": kernel threads the tracepoint cannot tie to a VM", labelNames: ['vm', 'source'], registers: r,
+        collect() {
+          this.reset();
+          for (const v of sources()) for (const s of v.sources) this.inc({ vm: v.vmId, source: s.source }, s.count);
+        } });
+    }
 
     // the host and the tracer
     kernelGauge(r, o.kernel);

@@ -25,8 +25,14 @@ export const FENTRY_TARGETS: readonly { entry: string; exit: string; candidates:
   { entry: 'fe_fault_tdp', exit: 'fx_fault_tdp', candidates: ['kvm_tdp_page_fault'] },
   { entry: 'fe_fault_shadow', exit: 'fx_fault_shadow', candidates: ['paging64_page_fault'] },
 ];
+/**
+ * Where INVALIDATE_START comes from in kprobe / fentry mode (kp_/fe_notifier_start): it has the
+ * struct kvm and the range's reason code (mmu_notifier_range.event), the kvm_unmap_hva_range
+ * tracepoint has neither; the tracepoint stays where the notifier cannot be probed.
+ */
+export const NOTIFIER_START = 'kvm_mmu_notifier_invalidate_range_start';
 /** Every function some mode may probe (what doctor looks up in kallsyms). */
-export const PROBED_FUNCTIONS: readonly string[] = [...FAULTIN_FUNCTIONS, ...HANDLER_FUNCTIONS, FALLBACK_HANDLER];
+export const PROBED_FUNCTIONS: readonly string[] = [...FAULTIN_FUNCTIONS, ...HANDLER_FUNCTIONS, FALLBACK_HANDLER, NOTIFIER_START];
 
 /**
  * The tracepoints: program suffix (tb_<suffix> typed, rt_<suffix> raw, kvmfault.bpf.c), system,

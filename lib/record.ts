@@ -38,6 +38,17 @@ export const RECORD_OFFSETS = {
 } as const;
 export type RecordField = keyof typeof RECORD_OFFSETS;
 
+/**
+ * INVALIDATE_START's overlay of gpa..hva (events.h): who invalidated. Not fields of the capture
+ * field table (the same bytes as gpa, error_code, hva); read with lib/sources.ts. All-ones bytes
+ * (what older records have there) read as unknown.
+ */
+export const INVALIDATE_OFFSETS = {
+  comm: 32,
+  stack_id: 48,
+  range_event: 52,
+} as const;
+
 /** Record kinds (enum kvmfault_kind). Stored in capture files: values never change. */
 export const Kind = {
   FAULT: 1,
@@ -155,6 +166,9 @@ export interface EventBatch {
   rangeEnd(i: number): number;
   ret(i: number): number;
   repeat(i: number): number;
+  /** The little-endian u32 at byte `offset` of record i: for overlays such as INVALIDATE_OFFSETS
+   *  (lib/sources.ts), read without allocating. */
+  u32At(i: number, offset: number): number;
   get(i: number): FaultEvent;
   /** A batch that owns its bytes (survives the next pull). */
   copy(): EventBatch;
@@ -236,6 +250,7 @@ export class RecordBatch implements EventBatch {
   rangeEnd(i: number): number { return this.u64(i, RECORD_OFFSETS.range_end); }
   ret(i: number): number { return this.view.getInt32(this.at(i) + RECORD_OFFSETS.ret, true); }
   repeat(i: number): number { return this.u32(i, RECORD_OFFSETS.repeat); }
+  u32At(i: number, offset: number): number { return this.u32(i, offset); }
 
   get(i: number): FaultEvent {
     const ripLo = this.ripLo(i), ripHi = this.ripHi(i);
@@ -330,6 +345,17 @@ export class RecordWriter {
   }
   setRet(index: number, value: number): void {
     this.view.setInt32(index * RECORD_SIZE + RECORD_OFFSETS.ret, value, true);
+  }
+  /** INVALIDATE_START's who-invalidated overlay (INVALIDATE_OFFSETS); fields left out stay unknown. */
+  setInvalidator(index: number, o: { comm?: string; stackId?: number; rangeEvent?: number }): void {
+    const base = index * RECORD_SIZE;
+    if (o.comm !== undefined) {
+      const at = base + INVALIDATE_OFFSETS.comm;
+      this.bytes.fill(0, at, at + 16);
+      this.bytes.set(Buffer.from(o.comm, 'latin1').subarray(0, 15), at);
+    }
+    if (o.stackId !== undefined) this.view.setInt32(base + INVALIDATE_OFFSETS.stack_id, o.stackId, true);
+    if (o.rangeEvent !== undefined) this.view.setUint32(base + INVALIDATE_OFFSETS.range_event, o.rangeEvent >>> 0, true);
   }
 
   /** The records written so far as a batch (shares memory with this writer until it grows). */

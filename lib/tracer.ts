@@ -21,12 +21,19 @@ import * as fs from 'fs';
 import { native } from './native';
 import {
   AUTO_ORDER, FALLBACK_HANDLER, FAULTIN_FUNCTIONS, FENTRY_TARGETS, HANDLER_FUNCTIONS, kallsymsHasSymbol, MODE_CHOICES,
-  parseKallsyms, PROBED_FUNCTIONS, readKallsyms, TRACEPOINTS, type TracerMode,
+  NOTIFIER_START, parseKallsyms, PROBED_FUNCTIONS, readKallsyms, TRACEPOINTS, type TracerMode,
 } from './probes';
 import type { EventBatch } from './record';
+import { KernelSymbols } from './sources';
 import { EventStream, StreamStats } from './stream';
 
 export type { TracerMode };
+
+let symbolsCache: KernelSymbols | null = null;
+/** /proc/kallsyms, read on the first stack resolved in this process */
+function defaultSymbols(): KernelSymbols {
+  return (symbolsCache ??= new KernelSymbols());
+}
 
 export interface TracerOptions {
   /** 'auto' (default) tries fentry, then kprobe, then tracepoint. */
@@ -50,6 +57,12 @@ export interface TracerOptions {
   wakeupBytes?: number;
   /** Also emit EXIT records (kvm:kvm_exit fires on every VM exit: costly). Default false. */
   exits?: boolean;
+  /**
+   * INVALIDATE_START records carry the invalidating task's kernel stack id (bpf_get_stackid),
+   * from which lib/sources.ts names the source (KSM, NUMA balancing, the VMM's madvise...).
+   * Default true; false saves the stack walk per invalidation (comm is still recorded).
+   */
+  invalidationStacks?: boolean;
   /** Aborting closes the tracer (detaches every probe). */
   signal?: AbortSignal;
   /** Print libbpf's messages to stderr. Default false (they are still kept for error messages). */
@@ -111,6 +124,7 @@ export class TracerError extends Error {
 /** The probe catalogue (probes.ts) as the addon takes it, with the kallsyms symbol of each function found. */
 interface NativeCatalogue {
   faultin: readonly string[];
+  notifier: string;
   handlers: readonly string[];
   fallback: string;
   fentry: typeof FENTRY_TARGETS;
@@ -122,12 +136,14 @@ interface NativeCatalogue {
 interface NativeTracer {
   open(o: {
     mode: TracerMode; pid: number; ringBytes: number; wakeupBytes: number; coalesce: boolean;
-    exits: boolean; rawTracepoints: boolean; verbose: boolean; probes: NativeCatalogue;
+    exits: boolean; rawTracepoints: boolean; invalidationStacks: boolean; verbose: boolean; probes: NativeCatalogue;
   }): { retPf: Record<string, number>; rangeIsGfn: boolean; btf: string; probes: ProbeStatus[] };
   load(): void;
   attach(): ProbeStatus[];
   ringFd(): number;
   stats(): Omit<TracerStats, 'stream'>;
+  /** kernel return addresses of an INVALIDATE_START stack_id, innermost first; null if absent */
+  stack(id: number): BigUint64Array | null;
   close(): void;
 }
 
@@ -144,6 +160,7 @@ interface Resolved {
   wakeupBytes: number;
   coalesce: boolean;
   exits: boolean;
+  invalidationStacks: boolean;
   verbose: boolean;
   signal?: AbortSignal;
 }
@@ -206,6 +223,7 @@ export function resolveTracerOptions(options: TracerOptions = {}): Resolved {
     mode, pid, ringBytes, wakeupBytes,
     coalesce: checkBool('coalesce', options.coalesce),
     exits: checkBool('exits', options.exits),
+    invalidationStacks: options.invalidationStacks === undefined ? true : checkBool('invalidationStacks', options.invalidationStacks),
     verbose: checkBool('verbose', options.verbose),
     signal: options.signal,
   };
@@ -239,7 +257,7 @@ class Catalogue {
       this.symbols = Object.fromEntries(parseKallsyms(readKallsyms(), PROBED_FUNCTIONS));
     }
     return {
-      faultin: FAULTIN_FUNCTIONS, handlers: HANDLER_FUNCTIONS, fallback: FALLBACK_HANDLER,
+      faultin: FAULTIN_FUNCTIONS, notifier: NOTIFIER_START, handlers: HANDLER_FUNCTIONS, fallback: FALLBACK_HANDLER,
       fentry: FENTRY_TARGETS, tracepoints: TRACEPOINTS, symbols: mode === 'tracepoint' ? {} : this.symbols!,
     };
   }
@@ -259,13 +277,13 @@ function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean, catalog
   try {
     const info = t.open({
       mode, pid: o.pid, ringBytes: o.ringBytes, wakeupBytes: o.wakeupBytes, coalesce: o.coalesce,
-      exits: o.exits, rawTracepoints, verbose: o.verbose, probes: catalogue.forMode(mode),
+      exits: o.exits, rawTracepoints, invalidationStacks: o.invalidationStacks, verbose: o.verbose, probes: catalogue.forMode(mode),
     });
     t.load();
     const probes = t.attach();
     // The mode's own fault probes must be on, or it is not that mode at all.
     const own = mode === 'kprobe' ? 'kp_' : mode === 'fentry' ? 'fe_' : null;
-    const ok = probes.some((p) => p.attached && (own ? p.name.startsWith(own) : /spte_requested|pagetable_walk|page_fault/.test(p.name)));
+    const ok = probes.some((p) => p.attached && (own ? p.name.startsWith(own) && !p.name.includes('notifier') : /spte_requested|pagetable_walk|page_fault/.test(p.name)));
     if (!ok) {
       throw new TracerError('ATTACH_FAILED', `${mode}: the programs loaded but no fault probe attached (see .probes)`, { probes });
     }
@@ -309,7 +327,8 @@ function describeMode(a: Attempt): string[] {
   if (a.mode === 'tracepoint') {
     notes.push(
       `tracepoint mode (${a.rawTracepoints ? 'raw_tracepoint' : 'tp_btf'}): FAULT at fault entry, MAP when an spte is ` +
-      'requested, INVALIDATE_START per mmu_notifier unmap; no FAULTIN/FAULTIN_RET/FAULT_RET: a fault abandoned as ' +
+      'requested, INVALIDATE_START per mmu_notifier unmap (with the invalidating task\'s comm and kernel stack; its VM only when ' +
+      'that task is the VMM: kernel threads\' invalidations have none); no FAULTIN/FAULTIN_RET/FAULT_RET: a fault abandoned as ' +
       'stale (RET_PF_RETRY) shows only as a FAULT with no MAP after it');
     const running = kallsymsHasRunningVcpu();
     notes.push(
@@ -328,7 +347,10 @@ function describeMode(a: Attempt): string[] {
     }
   } else {
     notes.push(`${a.mode} mode: FAULT/FAULT_RET (ret = RET_PF_*, decode with tracer.retPf) on the fault handlers, ` +
-      'FAULTIN/FAULTIN_RET on the fault-in function, MAP and INVALIDATE_START from tracepoints');
+      'FAULTIN/FAULTIN_RET on the fault-in function, MAP from a tracepoint, INVALIDATE_START ' +
+      (attached(/kvm_mmu_notifier_invalidate_range_start/)
+        ? 'from kvm_mmu_notifier_invalidate_range_start: the VM of every invalidation (kernel threads\' too) and its mmu_notifier_range event'
+        : 'from the kvm_unmap_hva_range tracepoint (the notifier cannot be probed here): kernel threads\' invalidations have no VM'));
     if (attached(/kvm_mmu_page_fault/)) {
       notes.push('only kvm_mmu_page_fault could be probed: before 6.14 it folds RETRY/FIXED/SPURIOUS into 1, so FAULT_RET ' +
         'ret is coarse; use FAULTIN_RET and MAP');
@@ -412,6 +434,17 @@ export class Tracer {
       ? this.nativeTracer.stats()
       : this.finalStats ?? { submitted: 0, dropped: 0, bpfStatsEnabled: false, programs: [] };
     return { ...s, stream: this.stream ? { ...this.stream.stats } : this.lastStreamStats };
+  }
+
+  /**
+   * The kernel stack an INVALIDATE_START record's stack_id names, symbolised ("function+0xoff",
+   * innermost first), or null (closed tracer, id not in the map). Once per distinct id: the
+   * caller caches (lib/sources.ts InvalidationSources does).
+   */
+  stack(id: number, symbols: KernelSymbols = defaultSymbols()): string[] | null {
+    if (!this.nativeTracer || !(id >= 0)) return null;
+    const ips = this.nativeTracer.stack(id);
+    return ips ? Array.from(ips, (ip) => symbols.resolve(ip)) : null;
   }
 
   /** Detaches every probe and frees the BPF object. Idempotent; safe from signal handlers. */

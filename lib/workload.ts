@@ -59,6 +59,10 @@ export interface WorkloadOptions {
    *  madvise(MADV_DONTNEED) calls on the region's first page, one mmu_notifier invalidation
    *  (one mmu_invalidate_seq increment) each. Needs runs >= 2. Default 0 (none). */
   burst?: number;
+  /** madvise(MADV_MERGEABLE) on guest memory: with KSM running (/sys/kernel/mm/ksm/run = 1)
+   *  ksmd may merge the guest's identical pages (every touched page holds the same byte), each
+   *  merge an mmu_notifier invalidation from ksmd. Default false. */
+  mergeable?: boolean;
   /** Called while the burst runs (every `burstProgressMs`, default 250) with the calls done. */
   onBurstProgress?: (done: number, total: number) => void;
   burstProgressMs?: number;
@@ -169,6 +173,7 @@ export interface NormalizedWorkloadOptions {
   host: 'auto' | 'pvm' | 'vmx' | 'svm';
   burst: number;
   burstProgressMs: number;
+  mergeable: boolean;
 }
 
 /** A workload failure; `code` says which: KVM_UNAVAILABLE, KVM_PERMISSION, UNSUPPORTED_HOST,
@@ -275,6 +280,10 @@ export function normalizeWorkloadOptions(options: WorkloadOptions = {}): Normali
     host: oneOf('host', o.host, HOSTS, 'auto'),
     burst,
     burstProgressMs: integer('burstProgressMs', o.burstProgressMs, 10, 60_000, 250),
+    mergeable: o.mergeable === undefined ? false : (() => {
+      if (typeof o.mergeable !== 'boolean') throw new TypeError('options.mergeable must be a boolean');
+      return o.mergeable;
+    })(),
   };
 }
 
@@ -456,6 +465,7 @@ export async function runWorkload(options: WorkloadOptions = {}): Promise<Worklo
     invalidateIntervalUs: o.invalidateIntervalUs,
     host: HOST_CODES[o.host],
     burst: o.burst,
+    mergeable: o.mergeable,
   };
   let rawInfo: RawInfo | undefined;
   const handle = w.run(nativeOptions, (type: string, payload: unknown) => {

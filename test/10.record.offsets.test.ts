@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { native } from '../lib/native';
-import { Kind, RECORD_OFFSETS, RECORD_SIZE, RECORD_VERSION } from '../lib/record';
+import { INVALIDATE_OFFSETS, Kind, RECORD_OFFSETS, RECORD_SIZE, RECORD_VERSION } from '../lib/record';
 import { COUNTERS_OFFSETS, COUNTERS_SIZE, KVM_STATS } from '../lib/counters';
 
 describe('10 record layout', () => {
@@ -9,6 +9,12 @@ describe('10 record layout', () => {
     assert.equal(rec.size, RECORD_SIZE);
     assert.equal(rec.version, RECORD_VERSION);
     assert.deepEqual({ ...rec.offsets }, { ...RECORD_OFFSETS });
+  });
+  it("INVALIDATE_START's overlay (comm, stack_id, range_event) equals events.h, inside gpa..hva", () => {
+    const rec = native().record;
+    assert.deepEqual({ ...rec.invalidateOffsets }, { ...INVALIDATE_OFFSETS });
+    assert.equal(INVALIDATE_OFFSETS.comm, RECORD_OFFSETS.gpa);
+    assert.equal(INVALIDATE_OFFSETS.range_event + 4, RECORD_OFFSETS.hva + 8);
   });
   it('TS kind values equal enum kvmfault_kind', () => {
     const kinds = native().record.kinds;

@@ -48,8 +48,8 @@ describe('48 probe catalogue', () => {
     assert.equal(kallsymsHasSymbol(text, 'kvm_running'), false);
   });
 
-  it('every function the catalogue names passes the addon\'s BTF filter ("page_fault" or "faultin_pfn" in the name)', () => {
+  it('every function the catalogue names passes the addon\'s BTF filter ("page_fault", "faultin_pfn" or "mmu_notifier" in the name)', () => {
     const names = [...PROBED_FUNCTIONS, ...FENTRY_TARGETS.flatMap((t) => t.candidates)];
-    for (const n of names) assert.match(n, /page_fault|faultin_pfn/, `${n}: native/addon/tracer.cc ScanBtf would not keep it`);
+    for (const n of names) assert.match(n, /page_fault|faultin_pfn|mmu_notifier/, `${n}: native/addon/tracer.cc ScanBtf would not keep it`);
   });
 });

@@ -10,6 +10,7 @@ import { threadName, vmName } from '../procinfo';
 import { escapeControl } from '../escape';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
+import { InvalidationSources, remedy, sourceRates, VmSources } from '../sources';
 import { announceMode, humanRate, openTracerForCli } from './live';
 import type { ModeChoice } from './options';
 
@@ -94,6 +95,18 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     onVerdict: (v) => pending.set(v.tid, v),
   });
 
+  // who invalidates each VM (lib/sources.ts): stacks resolved once per id through the tracer
+  const sources = new InvalidationSources((id) => tracer.stack(id));
+  let prevSources: { snap: VmSources[]; t: number } = { snap: [], t: Date.now() };
+  let sourceRateList: ReturnType<typeof sourceRates> = [];
+  const sourceLines = (vmId: string): string[] => {
+    const mine = sourceRateList.filter((r) => r.vmId === vmId).slice(0, 4);
+    if (!mine.length) return [];
+    const lines = [`  invalidated by: ${mine.map((r) => `${r.source} ${humanRate(r.perSec)} (${escapeControl(r.evidence)}${r.comm && r.comm !== r.evidence ? `, ${escapeControl(r.comm)}` : ''})`).join(', ')}`];
+    if (kernel.affected !== null && kernel.affected !== undefined) lines.push(`  remedy: ${remedy(mine[0].source, kernel.affected)}`);
+    return lines;
+  };
+
   const alertedState = new Map<number, string>();
   const alertedAt = new Map<number, number>();
   const alerts: string[] = [];
@@ -128,7 +141,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     return fresh;
   };
 
-  const frame = (final: boolean): { lines: string[]; vcpus: (Verdict & { faultsPerSec: number; threadName: string | null })[]; vms: (VmForecast & { name: string | null })[] } => {
+  const frame = (final: boolean): { lines: string[]; vcpus: (Verdict & { faultsPerSec: number; threadName: string | null })[]; vms: (VmForecast & { name: string | null })[]; sources: VmSources[] } => {
     const now = Date.now();
     const verdicts = detector.snapshot();
     const vms = detector.forecast().map((vm) => ({ ...vm, name: vmName(vm.pid) }));
@@ -139,6 +152,9 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       if (!final) lastTotal.set(v.tid, { total: v.totalAttempts, t: now, rate });
       return { ...v, threadName: threadName(v.pid, v.tid), faultsPerSec: Math.max(0, rate) };
     });
+    const snap = sources.snapshot();
+    sourceRateList = sourceRates(prevSources.snap, snap, now - prevSources.t);
+    if (!final) prevSources = { snap, t: now };
     const st = tracer.stats();
     const lines: string[] = [];
     if (o.banner && (tty || o.json || final || !bannerShown)) lines.push(o.banner);
@@ -155,6 +171,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       const left = vm.crossed ? 'CROSSED 0x80000000' : vm.secondsToSignBit === null ? 'time to 0x80000000 unknown' : `0x80000000 in ${formatDuration(vm.secondsToSignBit)}`;
       lines.push(`VM ${vm.vmId.slice(0, 16)} pid ${vm.pid} (${comm(vm.pid)}${vm.name ? `, ${vm.name}` : ''})  faults ${humanRate(vmRate)}  seq ${vm.seq ?? '?'}` +
         `${vm.ratePerSec !== null ? ` +${humanRate(vm.ratePerSec)}` : ''}  ${left}`);
+      lines.push(...sourceLines(vm.vmId));
       lines.push(`  ${pad('TID', 9)}${pad('THREAD', 12)}${pad('VCPU', 6)}${pad('FAULTS/S', 10)}${pad('STATE', 13)}${pad('ATTEMPTS', 10)}${pad('STUCK FOR', 11)}${pad('CAUSE', 20)}GPA`);
       for (const v of mine) {
         const stuckFor = v.state === 'progressing' ? '-' : formatDuration((v.lastSeen - v.firstSeen) / 1e9);
@@ -163,7 +180,9 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
           `${pad(v.state, 13)}${pad(String(v.attempts), 10)}${pad(stuckFor, 11)}${pad(cause, 20)}${v.gpa ?? '?'}`);
       }
     }
-    return { lines, vcpus, vms };
+    const unknownVm = sourceLines('unknown');
+    if (unknownVm.length) lines.push('invalidations the tracepoint cannot tie to a VM (kernel threads; kprobe/fentry mode names the VM):', ...unknownVm);
+    return { lines, vcpus, vms, sources: snap };
   };
 
   const draw = (final: boolean): void => {
@@ -173,7 +192,8 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       for (const a of fresh) out(session, JSON.stringify({ type: 'alert', time: new Date().toISOString(), from: a.from, verdict: a.v }) + '\n');
       const st = tracer.stats();
       out(session, JSON.stringify({ type: final ? 'final' : 'snapshot', time: new Date().toISOString(), mode: tracer.mode, records,
-        dropped: st.dropped, kernel: { release: kernel.release, affected: kernel.affected, decidedBy: kernel.decidedBy }, vms: f.vms, vcpus: f.vcpus }) + '\n');
+        dropped: st.dropped, kernel: { release: kernel.release, affected: kernel.affected, decidedBy: kernel.decidedBy }, vms: f.vms, vcpus: f.vcpus,
+        sources: f.sources.map((v) => ({ ...v, sources: v.sources.map((x) => ({ ...x, perSec: sourceRateList.find((r) => r.vmId === v.vmId && r.source === x.source)?.perSec ?? 0 })) })) }) + '\n');
     } else if (tty) {
       for (const a of fresh) alerts.push(a.line);
       while (alerts.length > MAX_ALERTS_SHOWN) alerts.shift();
@@ -194,6 +214,7 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     for await (const batch of tracer.events({ signal: session.signal })) {
       records += batch.length;
       detector.push(batch);
+      sources.add(batch);
       if (o.failOnStuck && pending.size > 0) {
         for (const v of pending.values()) if (v.state === 'stuck') draw(false);
       }

@@ -14,10 +14,17 @@ Napi::Object InitRecord(Napi::Env env, Napi::Object exports) {
   F(hva); F(pfn); F(rip); F(mmu_seq); F(fault_seq); F(in_progress); F(range_start);
   F(range_end); F(ret); F(repeat);
 #undef F
+  // KF_INVALIDATE_START's overlay of gpa..hva (events.h): who invalidated
+  Napi::Object inv = Napi::Object::New(env);
+#define F(name) inv.Set(#name, Napi::Number::New(env, offsetof(struct kvmfault_event, name)))
+  F(comm); F(stack_id); F(range_event);
+#undef F
   Napi::Object rec = Napi::Object::New(env);
   rec.Set("size", Napi::Number::New(env, sizeof(struct kvmfault_event)));
   rec.Set("version", Napi::Number::New(env, KVMFAULT_RECORD_VERSION));
   rec.Set("offsets", off);
+  rec.Set("invalidateOffsets", inv);
+  rec.Set("stackDepth", Napi::Number::New(env, KF_STACK_DEPTH));
   Napi::Object kinds = Napi::Object::New(env);
 #define K(name) kinds.Set(#name, Napi::Number::New(env, KF_##name))
   K(FAULT); K(FAULTIN); K(FAULTIN_RET); K(MAP); K(FAULT_RET); K(INVALIDATE_START);

@@ -3,7 +3,7 @@
 // validation, `auto` = fentry -> kprobe -> tracepoint, typed errors); this file stays thin:
 //
 //   const t = new Tracer();
-//   t.open({ mode, pid, ringBytes, coalesce, wakeupBytes, exits, rawTracepoints, verbose })
+//   t.open({ mode, pid, ringBytes, coalesce, wakeupBytes, exits, rawTracepoints, invalidationStacks, verbose })
 //       -> { retPf: {RET_PF_RETRY: 1, ...}, rangeIsGfn, btf, probes: [planned status] }
 //   t.load()            verifier + CO-RE against the running kernel
 //   t.attach()          -> [{ name, point, attached, reason? }]
@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "kvmfault.skel.h"
+#include "events.h"
 
 namespace kvmfault {
 namespace {
@@ -149,6 +150,9 @@ struct CatalogueFentry {
 struct Catalogue {
   std::vector<std::string> faultin, handlers;
   std::string fallback;
+  // INVALIDATE_START in kprobe / fentry mode: it has the struct kvm and the range's reason code,
+  // the kvm_unmap_hva_range tracepoint has neither (which stays where this cannot be probed)
+  std::string notifier;
   std::vector<CatalogueFentry> fentry;
   std::vector<CatalogueTp> tracepoints;
   std::map<std::string, std::string> symbols;  // function -> kallsyms symbol
@@ -172,6 +176,7 @@ Catalogue ReadCatalogue(Napi::Object o) {
   c.faultin = StringList(o.Get("faultin"));
   c.handlers = StringList(o.Get("handlers"));
   c.fallback = o.Get("fallback").As<Napi::String>();
+  c.notifier = o.Get("notifier").As<Napi::String>();
   Napi::Array fe = o.Get("fentry").As<Napi::Array>();
   for (uint32_t i = 0; i < fe.Length(); i++) {
     Napi::Object e = fe.Get(i).As<Napi::Object>();
@@ -235,7 +240,8 @@ void ScanBtf(const struct btf* btf, KernelFacts& f) {
     } else if (btf_is_func(t)) {
       const char* name = btf__name_by_offset(btf, t->name_off);
       // every function the catalogue may name (test 45 checks its names all match)
-      if (name && (strstr(name, "page_fault") || strstr(name, "faultin_pfn"))) f.btfFuncs.insert(name);
+      if (name && (strstr(name, "page_fault") || strstr(name, "faultin_pfn") || strstr(name, "mmu_notifier")))
+        f.btfFuncs.insert(name);
       if (name && !strcmp(name, "is_page_fault_stale")) ScanStaleCheck(btf, t, f);
     } else if (btf_is_struct(t)) {
       const char* name = btf__name_by_offset(btf, t->name_off);
@@ -360,6 +366,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                            InstanceMethod<&Tracer::AttachAll>("attach"),
                            InstanceMethod<&Tracer::RingFd>("ringFd"),
                            InstanceMethod<&Tracer::Stats>("stats"),
+                           InstanceMethod<&Tracer::Stack>("stack"),
                            InstanceMethod<&Tracer::Close>("close"),
                        });
   }
@@ -415,10 +422,17 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   }
 
   // Which programs this mode loads, with a reason for each one it cannot use.
+  bool IsPlanned(const std::string& prog) const {
+    for (auto& p : plan_)
+      if (p.prog == prog && p.reason.empty()) return true;
+    return false;
+  }
+
   void PlanTracepoints(const KernelFacts& f, const Catalogue& cat, bool raw, bool faultEntry) {
     for (auto& tp : cat.tracepoints) {
       const std::string &suffix = tp.program, &sys = tp.system, &name = tp.name;
       if (tp.faultEntry && !faultEntry) continue;
+      if (suffix == "unmap_hva_range" && (IsPlanned("kp_notifier_start") || IsPlanned("fe_notifier_start"))) continue;
       bool typed = f.btfTypedefs.count("btf_trace_" + name) > 0;
       std::string eventsDir = "/sys/kernel/tracing/events/" + sys + "/" + name;
       bool tracefsKnows = Exists("/sys/kernel/tracing/events/kvm") ? Exists(eventsDir.c_str()) : true;
@@ -465,6 +479,12 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
       plan_.push_back({"kr_fault", "kretprobe:" + it->second, Attach::kKretprobe, it->second, ""});
       handler = true;
     }
+    auto ns = syms.find(cat.notifier);
+    if (ns != syms.end())
+      plan_.push_back({"kp_notifier_start", "kprobe:" + ns->second, Attach::kKprobe, ns->second, ""});
+    else
+      plan_.push_back({"kp_notifier_start", "kprobe:" + cat.notifier, Attach::kKprobe, cat.notifier,
+                       "not in /proc/kallsyms: INVALIDATE_START from the kvm_unmap_hva_range tracepoint"});
     auto mpf = syms.find(cat.fallback);
     if (!handler && mpf != syms.end()) {
       plan_.push_back({"kp_mmu_page_fault", "kprobe:" + mpf->second, Attach::kKprobe, mpf->second, ""});
@@ -497,6 +517,9 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
       plan_.push_back({exit, "fexit:" + candidates[0], Attach::kFexit, candidates[0], why});
     };
     for (auto& pair : cat.fentry) add(pair.entry, pair.exit, pair.candidates);
+    std::string why = !f.btfFuncs.count(cat.notifier) ? "not in BTF" : !syms.count(cat.notifier) ? "not in /proc/kallsyms" : "";
+    plan_.push_back({"fe_notifier_start", "fentry:" + cat.notifier, Attach::kFentry, cat.notifier,
+                     why.empty() ? "" : why + ": INVALIDATE_START from the kvm_unmap_hva_range tracepoint"});
   }
 
   // open(options) -> { retPf, rangeIsGfn, btf, probes }
@@ -513,6 +536,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     const bool coalesce = o.Get("coalesce").ToBoolean();
     const bool exits = o.Get("exits").ToBoolean();
     const bool raw = o.Get("rawTracepoints").ToBoolean();
+    const bool stacks = !o.Get("invalidationStacks").IsBoolean() || o.Get("invalidationStacks").ToBoolean();
     plan_.clear();
     log_.clear();
     CollectScope scope(&log_, verbose_);
@@ -553,7 +577,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     bool any = false;
     for (auto& p : plan_) {
       if (!p.reason.empty()) continue;
-      if (own ? p.prog.rfind(own, 0) == 0
+      if (own ? p.prog.rfind(own, 0) == 0 && p.prog.find("notifier") == std::string::npos
               : (p.prog.find("spte_requested") != std::string::npos || cat.IsFaultEntryTp(p.prog.substr(3))))
         any = true;
     }
@@ -585,6 +609,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     ro->emit_exits = exits;
     ro->range_is_gfn = facts.rangeIsGfn;
     ro->wakeup_bytes = wakeupBytes;
+    ro->invalidation_stacks = stacks;
     uint64_t key = 0;
     if (getrandom(&key, sizeof key, 0) != sizeof key) key = (uint64_t)time(nullptr) * 0x9e3779b97f4a7c15ULL;
     ro->vm_id_key = key;
@@ -636,6 +661,22 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     }
     loaded_ = true;
     return env.Undefined();
+  }
+
+  // stack(id) -> BigUint64Array of the kernel return addresses (innermost first) an
+  // INVALIDATE_START's stack_id names, or null when the map has no such id. Called once per
+  // distinct id (lib/sources.ts caches the source it resolves to).
+  Napi::Value Stack(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!loaded_) return Throw(env, "ECLOSED", EBADF, "tracer is not loaded");
+    const uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+    uint64_t ips[KF_STACK_DEPTH] = {};
+    if (bpf_map__lookup_elem(skel_->maps.stacks, &id, sizeof id, ips, sizeof ips, 0)) return env.Null();
+    size_t n = 0;
+    while (n < KF_STACK_DEPTH && ips[n]) n++;
+    auto out = Napi::BigUint64Array::New(env, n);
+    for (size_t i = 0; i < n; i++) out[i] = ips[i];
+    return out;
   }
 
   Napi::Value AttachAll(const Napi::CallbackInfo& info) {

@@ -275,6 +275,7 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   opts.invalidate_interval_us = (uint32_t)NumberOr(o, "invalidateIntervalUs", 0);
   opts.host = (int)NumberOr(o, "host", KF_HOST_UNKNOWN);
   opts.burst = (uint64_t)NumberOr(o, "burst", 0);
+  opts.mergeable = o.Get("mergeable").ToBoolean();
 
   Napi::Function on_event;
   if (info.Length() > 1 && info[1].IsFunction()) on_event = info[1].As<Napi::Function>();

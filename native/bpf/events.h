@@ -56,9 +56,24 @@ struct kvmfault_event {
 	__u32 vcpu_id;      /* vcpu->vcpu_id */
 	__u16 kind;         /* enum kvmfault_kind */
 	__u16 flags;        /* KF_FLAG_* */
-	__u64 gpa;          /* faulting guest physical address */
-	__u64 error_code;   /* #PF / EPT error code */
-	__u64 hva;          /* host virtual address of the gfn */
+	union {
+		struct {
+			__u64 gpa;          /* faulting guest physical address */
+			__u64 error_code;   /* #PF / EPT error code */
+			__u64 hva;          /* host virtual address of the gfn */
+		};
+		/* KF_INVALIDATE_START: who invalidated (there is no fault, so these bytes are free).
+		 * lib/sources.ts turns stack_id + comm (+ range_event) into a source. Unknown = the
+		 * all-ones bytes begin() leaves (comm[0] == 0xff, stack_id == -1, range_event ==
+		 * KF_UNKNOWN_U32), so records written before these fields existed read as unknown.
+		 * Not separate fields of the capture field table: the same bytes as gpa..hva. */
+		struct {
+			char comm[16];      /* the invalidating task's comm (ksmd, kcompactd0, the VMM's thread) */
+			__s32 stack_id;     /* its kernel stack in the tracer's stack map; another negative
+			                     * value: -errno from bpf_get_stackid (-EEXIST: map full/collision) */
+			__u32 range_event;  /* enum mmu_notifier_event of the range (probes on the notifier) */
+		};
+	};
 	__u64 pfn;          /* resolved host pfn */
 	__u64 rip;          /* guest RIP */
 	__u64 mmu_seq;      /* the VM's mmu_invalidate_seq at the probe */
@@ -71,6 +86,11 @@ struct kvmfault_event {
 };
 
 #define KVMFAULT_EVENT_SIZE 120
+
+/* Frames kept per kernel stack of an invalidation (the stack map's value size). The source
+ * functions (lib/sources.ts) lie within the first ~15 frames above the notifier; 32 leaves room
+ * for the deepest reclaim / compaction paths seen (kswapd: 14 frames). */
+#define KF_STACK_DEPTH 32
 
 #if defined(__cplusplus)
 static_assert(sizeof(struct kvmfault_event) == KVMFAULT_EVENT_SIZE, "record size");

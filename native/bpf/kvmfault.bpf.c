@@ -6,13 +6,15 @@
  *   tracepoint (tb_* typed tp_btf, rt_* raw_tracepoint fallback):
  *     FAULT  kvmmmu:kvm_mmu_pagetable_walk (shadow paging) / kvm:kvm_page_fault (VMX/SVM)
  *     MAP    kvmmmu:kvm_mmu_spte_requested (struct kvm_page_fault *)
- *     INVALIDATE_START kvm:kvm_unmap_hva_range
+ *     INVALIDATE_START kvm:kvm_unmap_hva_range (comm + kernel stack id: who invalidated)
  *     EXIT   kvm:kvm_exit (also remembers the thread's vCPU)
  *   kprobe (kp_/kr_): FAULT/FAULT_RET on the page-fault handlers, FAULTIN/FAULTIN_RET on the
  *     fault-in function; targets resolved from kallsyms at attach time (SEC("kprobe") has none).
  *   fentry (fe_/fx_): the same points, typed; targets set with bpf_program__set_attach_target.
  * MAP / INVALIDATE / EXIT tracepoints are attached in every mode; the FAULT-entry tracepoints
- * only in tracepoint mode (the handler probes give FAULT otherwise).
+ * only in tracepoint mode (the handler probes give FAULT otherwise). In kprobe / fentry mode
+ * INVALIDATE_START comes from kvm_mmu_notifier_invalidate_range_start instead of the
+ * tracepoint where that function can be probed: it has the VM and the range's reason code.
  *
  * Every record goes through emit() -> ring_submit.bpf.h (drop counter, wakeup_bytes policy).
  */
@@ -33,6 +35,7 @@ const volatile __u32 coalesce_max = 1u << 20; /* ... or when it stands for this 
 const volatile bool emit_exits = false;       /* EXIT records (kvm_exit fires on every exit) */
 const volatile bool range_is_gfn = false;     /* kvm->mmu_invalidate_range_* unit (see kvm_core) */
 const volatile __u64 vm_id_key = 0;           /* random per tracer: vm_id is not a kernel pointer */
+const volatile bool invalidation_stacks = true; /* INVALIDATE_START carries the kernel stack id */
 /* RET_PF_* of this kernel, from its BTF (an anonymous enum: CO-RE cannot relocate it). The
  * probes record ret as is; the values live here so the loaded object states what it was loaded
  * with (bpftool map dump of .rodata) and in-kernel filters can use them without hard-coding. */
@@ -66,6 +69,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } kvm_of_tgid SEC(".maps");
+
+/* Kernel stacks of the invalidating tasks, by id (INVALIDATE_START's stack_id). User space reads
+ * an id once and keeps its source (lib/sources.ts); a host has a few dozen distinct stacks, so
+ * 4096 slots rarely collide (a collision records -EEXIST, never another stack's id). */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, KF_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
 
 /* entry -> return pairing (kprobe/kretprobe, fentry/fexit), per thread. depth: the handlers
  * nest on some kernels (kvm_tdp_page_fault -> direct_page_fault on 6.1): one FAULT per fault. */
@@ -428,20 +441,49 @@ static __always_inline int on_spte_requested(struct kvm_page_fault *fault)
 	return 0;
 }
 
-static __always_inline int on_unmap_hva_range(__u64 start, __u64 end)
+/* An mmu_notifier invalidation of [start, end) (host virtual addresses). Runs in the task that
+ * changed the mapping (madvise, munmap, ksmd, khugepaged, kcompactd, kswapd, a task doing NUMA
+ * hinting), not a vCPU: the record says who (comm, kernel stack) so user space can name the
+ * source. kvm: from the notifier probes; the tracepoint has none, so the VM is the one this
+ * process ran last (right for the VMM's own invalidations, unknown for kernel threads). event:
+ * the range's enum mmu_notifier_event, KF_UNKNOWN_U32 from the tracepoint. */
+static __always_inline int on_invalidate(void *ctx, __u64 start, __u64 end, struct kvm *kvm, __u32 event)
 {
 	struct kvmfault_event e;
 	if (!begin(&e, KF_INVALIDATE_START))
 		return 0;
-	/* Runs in the thread that changed the mapping (madvise, munmap, reclaim...), not a vCPU;
-	 * the tracepoint has no kvm argument: the VM is the one this process ran last. */
-	__u64 *kvm = bpf_map_lookup_elem(&kvm_of_tgid, &e.pid);
-	if (kvm)
-		e.vm_id = vm_hash(*kvm);
+	if (kvm) {
+		e.vm_id = vm_hash((__u64)kvm);
+	} else {
+		__u64 *k = bpf_map_lookup_elem(&kvm_of_tgid, &e.pid);
+		if (k)
+			e.vm_id = vm_hash(*k);
+	}
 	e.range_start = start;  /* always hva here, whatever the kernel's kvm range unit */
 	e.range_end = end;
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	if (invalidation_stacks)
+		e.stack_id = bpf_get_stackid(ctx, &stacks, 0);
+	e.range_event = event;
 	emit(&e);
 	return 0;
+}
+
+static __always_inline int on_unmap_hva_range(void *ctx, __u64 start, __u64 end)
+{
+	return on_invalidate(ctx, start, end, NULL, KF_UNKNOWN_U32);
+}
+
+/* kvm_mmu_notifier_invalidate_range_start(mn, range): the VM is container_of(mn, struct kvm,
+ * mmu_notifier), the reason range->event. Used instead of the tracepoint where it attaches. */
+static __always_inline int on_notifier_range_start(void *ctx, struct mmu_notifier *mn,
+						   const struct mmu_notifier_range *range)
+{
+	struct kvm *kvm = (void *)((char *)mn - bpf_core_field_offset(struct kvm, mmu_notifier));
+	__u64 start = BPF_CORE_READ(range, start);
+	__u64 end = BPF_CORE_READ(range, end);
+	__u32 event = bpf_core_field_exists(range->event) ? (__u32)BPF_CORE_READ(range, event) : KF_UNKNOWN_U32;
+	return on_invalidate(ctx, start, end, mn ? kvm : NULL, event);
 }
 
 static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu)
@@ -576,7 +618,7 @@ int BPF_PROG(tb_spte_requested, struct kvm_page_fault *fault)
 SEC("tp_btf/kvm_unmap_hva_range")
 int BPF_PROG(tb_unmap_hva_range, unsigned long start, unsigned long end)
 {
-	return on_unmap_hva_range(start, end);
+	return on_unmap_hva_range(ctx, start, end);
 }
 
 SEC("tp_btf/kvm_exit")
@@ -632,7 +674,7 @@ int rt_spte_requested(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tp/kvm_unmap_hva_range")
 int rt_unmap_hva_range(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_unmap_hva_range(ctx->args[0], ctx->args[1]);
+	return on_unmap_hva_range(ctx, ctx->args[0], ctx->args[1]);
 }
 
 SEC("raw_tp/kvm_exit")
@@ -683,7 +725,26 @@ int BPF_KRETPROBE(kr_faultin, int ret)
 	return on_faultin_return(ret);
 }
 
+/* kvm_mmu_notifier_invalidate_range_start: the VM and the reason code (replaces the
+ * kvm_unmap_hva_range tracepoint in this mode) */
+SEC("kprobe")
+int BPF_KPROBE(kp_notifier_start, struct mmu_notifier *mn, const struct mmu_notifier_range *range)
+{
+	return on_notifier_range_start(ctx, mn, range);
+}
+
 /* ---- fentry set (targets set by the loader; these names are defaults for 6.18) ------------- */
+
+SEC("fentry/kvm_mmu_notifier_invalidate_range_start")
+int fe_notifier_start(__u64 *ctx)
+{
+	/* the arguments as plain numbers: the verifier types them as kernel pointers, and a typed
+	 * pointer cannot go through container_of's negative offset and the VM id hash */
+	__u64 args[2];
+	if (bpf_probe_read_kernel(args, sizeof(args), ctx))
+		return 0;
+	return on_notifier_range_start(ctx, (struct mmu_notifier *)args[0], (const struct mmu_notifier_range *)args[1]);
+}
 
 SEC("fentry/kvm_mmu_faultin_pfn")
 int BPF_PROG(fe_faultin, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)

@@ -37,6 +37,7 @@ typedef u64 kvm_pfn_t;
 /* UAPI values (stable ABI) */
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
@@ -82,7 +83,20 @@ struct kvm_memory_slot {
 	unsigned long userspace_addr;
 };
 
+/* include/linux/mmu_notifier.h: the notifier KVM registers per VM (embedded in struct kvm) and
+ * the range its invalidate_range_start callback gets; event is the kernel's reason code */
+struct mmu_notifier {
+	struct hlist_node hlist;
+};
+enum mmu_notifier_event { MMU_NOTIFY_UNMAP = 0 };
+struct mmu_notifier_range {
+	unsigned long start;
+	unsigned long end;
+	enum mmu_notifier_event event;
+};
+
 struct kvm {
+	struct mmu_notifier mmu_notifier;
 	unsigned long mmu_invalidate_seq;
 	long mmu_invalidate_in_progress;
 	gfn_t mmu_invalidate_range_start;

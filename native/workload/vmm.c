@@ -403,6 +403,8 @@ static int setup_vm(struct kf_workload *w, struct kf_vm *vm, struct kvm_cpuid2 *
 	}
 	vm->mem = (uint8_t *)(((uintptr_t)vm->raw + 2 * MIB - 1) & ~(uintptr_t)(2 * MIB - 1));
 	madvise(vm->mem, w->mem_size, MADV_NOHUGEPAGE);   /* best effort: fails only without THP */
+	if (w->o.mergeable && madvise(vm->mem, w->mem_size, MADV_MERGEABLE))
+		return fail(err, len, KF_ERR_SYSTEM, "madvise(MADV_MERGEABLE): %s (kernel without CONFIG_KSM?)", strerror(errno));
 	write_page_tables(vm->mem, w->mem_size);
 
 	struct kvm_userspace_memory_region slot = {

@@ -69,6 +69,9 @@ struct kf_workload_opts {
 	 * single-page madvise(MADV_DONTNEED) calls on the region's first page, one mmu_notifier
 	 * invalidation (one mmu_invalidate_seq increment) each. Cancellable; 0 = none. */
 	uint64_t burst;
+	/* madvise(MADV_MERGEABLE) on guest memory: KSM (when /sys/kernel/mm/ksm/run is 1) may
+	 * merge the guest's identical pages, which invalidates them (issue 17's KSM source). */
+	int mergeable;
 	/* Optional: the burst's progress (calls done), stored atomically (__atomic, relaxed) every
 	 * KF_BURST_STEP calls and at the end; owned by the caller, read from any thread. */
 	uint64_t *burst_done;

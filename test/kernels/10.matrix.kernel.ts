@@ -18,6 +18,7 @@ import { release } from 'node:os';
 import { StaleFaultDetector } from '../../lib/detector';
 import type { RetPfTable } from '../../lib/kernels';
 import { Kind, RecordBatch, UNKNOWN, UNKNOWN_RET } from '../../lib/record';
+import { recordComm, recordRangeEvent, recordStackId } from '../../lib/sources';
 import { openTracer, Tracer, TracerMode, TracerError } from '../../lib/tracer';
 import { runWorkload, WorkloadResult } from '../../lib/workload';
 
@@ -149,7 +150,13 @@ function fieldsCarried(b: RecordBatch): Record<string, string[]> {
   for (const kind of [Kind.FAULT, Kind.FAULTIN, Kind.FAULTIN_RET, Kind.MAP, Kind.FAULT_RET, Kind.INVALIDATE_START]) {
     const idx: number[] = [];
     for (let i = 0; i < b.length; i++) if (b.kind(i) === kind) idx.push(i);
-    if (idx.length) out[KIND_NAMES[kind]] = fields.filter(([, known]) => idx.every(known)).map(([n]) => n);
+    // INVALIDATE_START's gpa..hva bytes are the who-invalidated overlay (events.h)
+    const own: [string, (i: number) => boolean][] = kind !== Kind.INVALIDATE_START ? fields : [
+      ...fields.filter(([n]) => n !== 'gpa' && n !== 'error_code' && n !== 'hva'),
+      ['comm', (i) => recordComm(b, i) !== null], ['stack_id', (i) => recordStackId(b, i) >= 0],
+      ['range_event', (i) => recordRangeEvent(b, i) !== null],
+    ];
+    if (idx.length) out[KIND_NAMES[kind]] = own.filter(([, known]) => idx.every(known)).map(([n]) => n);
   }
   return out;
 }

@@ -12,6 +12,7 @@ import { hostKernel, retPfTable } from '../../kernels';
 import { CounterView, CounterWatch } from '../../counters';
 import { Escalator } from '../../escalate';
 import { CounterMetrics, createMetricsServer, FaultMetrics } from '../../metrics';
+import { InvalidationSources } from '../../sources';
 import type { Registry } from 'prom-client';
 import { MODE_CHOICES } from '../../probes';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
@@ -127,6 +128,8 @@ Examples:
   sudo kvmfault metrics --mode auto                 every fault through the tracer and the detector
   curl -s 127.0.0.1:9464/metrics | grep -E 'kvmfault_(vm_suspect|kvm_pf_taken_total)'
 
+Tracer modes: kvmfault_invalidations_total{vm,source} says what invalidates each VM (KSM, NUMA balancing,
+the VMM's madvise, ...).
 Counters mode: kvmfault_kvm_<stat>_total per vCPU (pf_taken, pf_fixed, exits, ...), kvmfault_vm_suspect
 (pf_taken climbing, no fault fixed), the sequence gauges, kvmfault_escalation_verdict.
 Probe cost (kvmfault_probe_cost_ns, tracer modes) needs: sysctl -w kernel.bpf_stats_enabled=1
@@ -140,9 +143,13 @@ Scrape config and alert rules: docs/prometheus.md`)
           const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid }, session);
           const kernel = hostKernel();
           const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf, kernel), kernel });
-          const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode });
+          const sources = new InvalidationSources((id) => tracer.stack(id));
+          const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode, sources: () => sources.snapshot() });
           await serve(opts, session, metrics.registry, `${tracer.mode} mode`, async () => {
-            for await (const batch of tracer.events({ signal: session.signal })) detector.push(batch);
+            for await (const batch of tracer.events({ signal: session.signal })) {
+              detector.push(batch);
+              sources.add(batch);
+            }
             tracer.close();
           });
         }

@@ -7,6 +7,7 @@
  */
 import type { Command } from 'commander';
 import { CaptureWriter, liveCaptureMeta } from '../../capture';
+import { InvalidationSources, stacksFilePath, writeStacksFile } from '../../sources';
 import { findRunningVms } from '../../doctor';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
 import { CliError, EXIT_OK, EXIT_USAGE } from '../errors';
@@ -89,7 +90,10 @@ terminal, and printed once at the end otherwise.`)
         };
         if (!opts.quiet && status.enabled) timer = setInterval(() => status.update(progress()), 500);
 
+        // the invalidations' kernel stacks, resolved while the tracer (its stack map) is open
+        const sources = new InvalidationSources((id) => tracer.stack(id));
         for await (const batch of tracer.events({ signal: session.signal })) {
+          sources.add(batch);
           // the file's size once these records and the end chunk are written
           if (writer.sizeAfter(batch.length) <= maxBytes) {
             writer.write(batch);
@@ -108,6 +112,14 @@ terminal, and printed once at the end otherwise.`)
           writer.close();
         } catch (e) {
           throw new CliError(`cannot finish ${opts.output}: ${(e as Error).message}`, EXIT_USAGE);
+        }
+        const stacks = sources.stacks();
+        if (Object.keys(stacks).length > 0) {
+          try {
+            writeStacksFile(opts.output, stacks);
+          } catch (e) {
+            process.stderr.write(`kvmfault: cannot write ${stacksFilePath(opts.output)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): analyze names invalidation sources by comm only\n`);
+          }
         }
         status.clear();
         const secs = (Date.now() - started) / 1000;
