@@ -11,7 +11,7 @@
  *
  *   node dist/bench/probe-cost.js [--quick] [--repeats N] [--no-record] [--json]
  *        [--modes tracepoint,raw,kprobe,fentry] [--no-bpftrace]
- * On a host without /dev/kvm, inside the matrix's 6.12 guest: bench/probe-cost-qemu.sh.
+ * On a host without /dev/kvm, inside the matrix's 6.12 guest: bench/qemu.sh.
  */
 import { spawn } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
