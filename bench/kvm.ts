@@ -124,6 +124,7 @@ export async function traceWorkloadChild(
   try {
     tracer = openKvmTracer({ ...tracerOptions, pid: child.pid });
   } catch (e) {
+    child.done.catch(() => {}); // killed: its exit is not the failure to report
     child.child.kill('SIGKILL');
     throw e;
   }

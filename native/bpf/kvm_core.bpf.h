@@ -111,25 +111,39 @@ static __always_inline void kvm_invalidate_state(struct kvm *kvm, __u64 *seq, __
 	}
 }
 
+/* An 8-byte field of a typed (BTF) pointer by plain load. The offset goes through an ALU add
+ * (32-bit immediate) because a load's own offset is 16-bit: struct kvm's invalidation fields
+ * lie at 39552 on 6.1, where libbpf cannot patch them into the load ("value too big"). The
+ * empty asm hides the offset's value from clang, which would fold it back into the load. */
+static __always_inline __u64 typed_u64_at(const void *obj, __u64 off)
+{
+	asm volatile("" : "+r"(off));
+	return *(const __u64 *)((const char *)obj + off);
+}
+#define TYPED_U64(obj, field) typed_u64_at(obj, bpf_core_field_offset(field))
+
 /* kvm_invalidate_state() for a typed struct kvm pointer (a BTF pointer in a tp_btf / fentry
- * program): plain loads, which the verifier turns into fault-safe direct reads, no helper call. */
+ * program): plain loads, which the verifier turns into fault-safe direct reads, no helper call.
+ * The fields are unsigned long / long / gfn_t (8 bytes) on every kernel; any other size takes
+ * the helper read. */
 static __always_inline void kvm_invalidate_state_typed(struct kvm *kvm, __u64 *seq, __s64 *in_progress,
 						       __u64 *start, __u64 *end)
 {
 	struct kvm___old *old = (void *)kvm;
 	if (bpf_core_field_exists(kvm->mmu_invalidate_seq)) {
-		*seq = kvm->mmu_invalidate_seq;
-		*in_progress = kvm->mmu_invalidate_in_progress;
-		*start = kvm->mmu_invalidate_range_start;
-		*end = kvm->mmu_invalidate_range_end;
-	} else if (bpf_core_field_exists(old->mmu_notifier_seq)) {
-		*seq = old->mmu_notifier_seq;
-		*in_progress = old->mmu_notifier_count;
-		if (bpf_core_field_exists(old->mmu_notifier_range_end)) {
-			*start = old->mmu_notifier_range_start;
-			*end = old->mmu_notifier_range_end;
-		}
+		if (bpf_core_field_size(kvm->mmu_invalidate_seq) != 8 ||
+		    bpf_core_field_size(kvm->mmu_invalidate_in_progress) != 8 ||
+		    bpf_core_field_size(kvm->mmu_invalidate_range_start) != 8 ||
+		    bpf_core_field_size(kvm->mmu_invalidate_range_end) != 8)
+			goto helper;
+		*seq = TYPED_U64(kvm, kvm->mmu_invalidate_seq);
+		*in_progress = TYPED_U64(kvm, kvm->mmu_invalidate_in_progress);
+		*start = TYPED_U64(kvm, kvm->mmu_invalidate_range_start);
+		*end = TYPED_U64(kvm, kvm->mmu_invalidate_range_end);
+		return;
 	}
+helper:  /* older names (before v6.1): rare enough to take the helper read */
+	kvm_invalidate_state(kvm, seq, in_progress, start, end);
 }
 
 /* Keyed mix of the struct kvm pointer (splitmix64 finaliser): stable per VM for one loaded

@@ -645,7 +645,7 @@ static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu, bool typed)
 	struct thread_state *t = NULL;
 	if (typed) {
 		t = thread_state(true);
-		if (t)
+		if (t && vcpu)  /* a tracepoint argument may be NULL as far as the verifier knows */
 			note_vcpu(t, vcpu);  /* every fault of this exit finds its vCPU here */
 	} else {
 		remember_vcpu(vcpu);
