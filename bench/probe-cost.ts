@@ -11,10 +11,11 @@
  *
  *   node dist/bench/probe-cost.js [--quick] [--repeats N] [--no-record] [--json]
  *        [--modes tracepoint,raw,kprobe,fentry] [--no-bpftrace]
+ *   node dist/bench/probe-cost.js --combine FILE   (bench/qemu.sh -r: rounds of several trees)
  * On a host without /dev/kvm, inside the matrix's 6.12 guest: bench/qemu.sh.
  */
 import { spawn } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { EventStream } from '../lib/stream';
@@ -206,6 +207,50 @@ export async function runProbeCostBench(options: ProbeCostOptions = {}): Promise
   return { programs, unavailable, referenceNs: reference, markdown };
 }
 
+/**
+ * Rounds run as separate processes (bench/qemu.sh -r: trees interleaved round by round in one
+ * boot, so load drift on a shared machine hits each alike): lines `@@round <n> <tree> <json>`,
+ * each the --json output of one --repeats 1 run. Per tree and program: the median ns per hit and
+ * the median of the per-round ratios to that round's ringtest producer (the goal's ratio).
+ */
+export function combineRounds(text: string): string {
+  const byTree = new Map<string, ProbeCostResult[]>();
+  for (const line of text.split('\n')) {
+    const m = /^@@round (\d+) (\S+) (\{.*\})\s*$/.exec(line);
+    if (!m) continue;
+    const list = byTree.get(m[2]) ?? [];
+    list.push(JSON.parse(m[3]) as ProbeCostResult);
+    byTree.set(m[2], list);
+  }
+  if (!byTree.size) throw new BenchError('no @@round lines in the input');
+  const out: string[] = [];
+  for (const [tree, rounds] of byTree) {
+    const rows = new Map<string, { ns: number[]; ratio: number[]; runs: number }>();
+    for (const r of rounds) {
+      for (const p of r.programs) {
+        const key = `${p.source} | ${p.program}`;
+        const row = rows.get(key) ?? { ns: [], ratio: [], runs: 0 };
+        row.ns.push(p.nsPerRun.median);
+        if (r.referenceNs) row.ratio.push(p.nsPerRun.median / r.referenceNs);
+        row.runs += p.runCount;
+        rows.set(key, row);
+      }
+    }
+    out.push(`#### ${tree}: ${rounds.length} rounds, trees interleaved round by round`, '',
+      '| source | program | runs | ns per run (median, range) | × ringtest (median of per-round ratios, range) | goal ≤ ' + TARGET_RATIO + '× |',
+      '|---|---|---|---|---|---|');
+    for (const [key, row] of rows) {
+      const ns = spread(row.ns), ratio = spread(row.ratio);
+      const ref = key.startsWith('ringtest');
+      out.push(`| ${key} | ${row.runs.toLocaleString('en')} | ${ns.median.toFixed(0)} (${ns.min.toFixed(0)}–${ns.max.toFixed(0)}) | ` +
+        `${ratio.median.toFixed(2)} (${ratio.min.toFixed(2)}–${ratio.max.toFixed(2)}) | ` +
+        `${ref ? 'reference' : ratio.median <= TARGET_RATIO ? 'met' : '**missed**'} |`);
+    }
+    out.push('');
+  }
+  return out.join('\n');
+}
+
 /** --modes a,b and --no-bpftrace: this scenario's own flags, taken out before the common ones */
 function ownFlags(argv: string[]): { rest: string[]; modes?: AttachMode[]; bpftrace: boolean } {
   const rest: string[] = [];
@@ -225,6 +270,10 @@ function ownFlags(argv: string[]): { rest: string[]; modes?: AttachMode[]; bpftr
 
 if (require.main === module) {
   runMain(async () => {
+    if (process.argv[2] === '--combine') {  // bench/qemu.sh -r: the rounds' output, from a file
+      console.log(combineRounds(readFileSync(process.argv[3] ?? '/dev/stdin', 'utf8')));
+      return;
+    }
     const own = ownFlags(process.argv.slice(2));
     const flags = parseFlags(own.rest);
     const env = benchEnv();

@@ -6,8 +6,11 @@
 # emulated CPU in the same boot. TCG inflates every figure; the ratios are what compare. Several
 # built trees (e.g. a before and an after checkout) run one after the other in that boot.
 #
-# usage: bench/qemu.sh [-b BENCH]... [-k KDIR] [-t SEC] [TREE...] [-- bench flags]
+# usage: bench/qemu.sh [-b BENCH]... [-r ROUNDS] [-k KDIR] [-t SEC] [TREE...] [-- bench flags]
 #   -b BENCH  dist/bench/BENCH.js to run, repeatable (default: probe-cost)
+#   -r N      probe-cost only: N rounds of --repeats 1 --json, the trees interleaved round by
+#             round (load drift on a shared machine hits each alike), combined at the end into
+#             per-tree medians of ns and of the per-round ratio to the ringtest producer
 #   -k KDIR   kernel dir (default: .cache/kernels/6.12.*, see scripts/kernels/fetch.sh)
 #   -t SEC    boot timeout (default 3000)
 #   TREE      built checkouts to measure (default: this one); each runs its own dist/ and addon
@@ -16,10 +19,10 @@
 # Prints /proc/cpuinfo's model on the host and inside the guest, then each tree's tables.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-KDIR="" TMO=3000 benches=()
-while getopts "b:k:t:h" o; do
+KDIR="" TMO=3000 ROUNDS=0 benches=()
+while getopts "b:r:k:t:h" o; do
   case $o in
-    b) benches+=("$OPTARG") ;; k) KDIR=$OPTARG ;; t) TMO=$OPTARG ;;
+    b) benches+=("$OPTARG") ;; r) ROUNDS=$OPTARG ;; k) KDIR=$OPTARG ;; t) TMO=$OPTARG ;;
     *) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
@@ -44,8 +47,19 @@ guest_script='
 python3 "$1" & shift
 echo "guest CPU: $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed "s/^ //") ($(nproc) vCPUs, kernel $(uname -r))"
 rc=0
+rounds=$1; shift
 nt=$1; shift; trees=("${@:1:$nt}"); shift "$nt"
 nb=$1; shift; benches=("${@:1:$nb}"); shift "$nb"
+if [ "$rounds" -gt 0 ]; then
+  for r in $(seq 1 "$rounds"); do
+    for t in "${trees[@]}"; do
+      echo "round $r: $t" >&2
+      out=$(cd "$t" && node dist/bench/probe-cost.js --quick --repeats 1 --no-record --no-bpftrace --json "$@") || rc=1
+      echo "@@round $r $t $(tail -1 <<< "$out")"
+    done
+  done
+  exit $rc
+fi
 for t in "${trees[@]}"; do
   for b in "${benches[@]}"; do
     flags=("$@")
@@ -58,6 +72,16 @@ for t in "${trees[@]}"; do
   done
 done
 exit $rc'
-exec "$REPO/scripts/kernels/boot.sh" -k "$KDIR" -m kvm_amd -t "$TMO" -- \
-  bash -c "$guest_script" guest "$REPO/scripts/kernels/kvm-keeper.py" \
-  "${#trees[@]}" "${trees[@]}" "${#benches[@]}" "${benches[@]}" "$@"
+run() {
+  "$REPO/scripts/kernels/boot.sh" -k "$KDIR" -m kvm_amd -t "$TMO" -- \
+    bash -c "$guest_script" guest "$REPO/scripts/kernels/kvm-keeper.py" \
+    "$ROUNDS" "${#trees[@]}" "${trees[@]}" "${#benches[@]}" "${benches[@]}" "$@"
+}
+[ "$ROUNDS" -gt 0 ] || { run "$@"; exit; }
+for t in "${trees[@]}"; do echo "tree $t: $(git -C "$t" rev-parse --short HEAD 2>/dev/null)"; done
+log=$(mktemp "${TMPDIR:-/tmp}/kvmfault-rounds.XXXXXX")
+run "$@" | tee "$log" | grep -v '^@@round'
+rc=${PIPESTATUS[0]}
+node "$REPO/dist/bench/probe-cost.js" --combine "$log" || rc=1
+rm -f "$log"
+exit "$rc"
