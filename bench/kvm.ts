@@ -30,6 +30,8 @@ export interface KvmTracer {
 export interface KvmTracerOptions {
   pid: number;
   mode?: 'tracepoint' | 'kprobe' | 'fentry';
+  /** raw_tp programs instead of tp_btf for the tracepoints */
+  rawTracepoints?: boolean;
   ringBytes?: number;
   wakeupBytes?: number;
   coalesce?: boolean;
@@ -45,7 +47,7 @@ export function openKvmTracer(o: KvmTracerOptions): KvmTracer {
       wakeupBytes: o.wakeupBytes ?? 256 << 10,
       coalesce: o.coalesce ?? false,
       exits: false,
-      rawTracepoints: false,
+      rawTracepoints: o.rawTracepoints ?? false,
       verbose: false,
     });
     t.load();
@@ -115,12 +117,14 @@ export interface TracedWorkload {
 export async function traceWorkloadChild(
   workload: Parameters<typeof spawnWorkload>[0],
   onBatch?: (batch: EventBatch) => void,
+  tracerOptions: Omit<KvmTracerOptions, 'pid'> = {},
 ): Promise<TracedWorkload> {
   const child = spawnWorkload(workload);
   let tracer: KvmTracer;
   try {
-    tracer = openKvmTracer({ pid: child.pid });
+    tracer = openKvmTracer({ ...tracerOptions, pid: child.pid });
   } catch (e) {
+    child.done.catch(() => {}); // killed: its exit is not the failure to report
     child.child.kill('SIGKILL');
     throw e;
   }

@@ -111,6 +111,41 @@ static __always_inline void kvm_invalidate_state(struct kvm *kvm, __u64 *seq, __
 	}
 }
 
+/* An 8-byte field of a typed (BTF) pointer by plain load. The offset goes through an ALU add
+ * (32-bit immediate) because a load's own offset is 16-bit: struct kvm's invalidation fields
+ * lie at 39552 on 6.1, where libbpf cannot patch them into the load ("value too big"). The
+ * empty asm hides the offset's value from clang, which would fold it back into the load. */
+static __always_inline __u64 typed_u64_at(const void *obj, __u64 off)
+{
+	asm volatile("" : "+r"(off));
+	return *(const __u64 *)((const char *)obj + off);
+}
+#define TYPED_U64(obj, field) typed_u64_at(obj, bpf_core_field_offset(field))
+
+/* kvm_invalidate_state() for a typed struct kvm pointer (a BTF pointer in a tp_btf / fentry
+ * program): plain loads, which the verifier turns into fault-safe direct reads, no helper call.
+ * The fields are unsigned long / long / gfn_t (8 bytes) on every kernel; any other size takes
+ * the helper read. */
+static __always_inline void kvm_invalidate_state_typed(struct kvm *kvm, __u64 *seq, __s64 *in_progress,
+						       __u64 *start, __u64 *end)
+{
+	struct kvm___old *old = (void *)kvm;
+	if (bpf_core_field_exists(kvm->mmu_invalidate_seq)) {
+		if (bpf_core_field_size(kvm->mmu_invalidate_seq) != 8 ||
+		    bpf_core_field_size(kvm->mmu_invalidate_in_progress) != 8 ||
+		    bpf_core_field_size(kvm->mmu_invalidate_range_start) != 8 ||
+		    bpf_core_field_size(kvm->mmu_invalidate_range_end) != 8)
+			goto helper;
+		*seq = TYPED_U64(kvm, kvm->mmu_invalidate_seq);
+		*in_progress = TYPED_U64(kvm, kvm->mmu_invalidate_in_progress);
+		*start = TYPED_U64(kvm, kvm->mmu_invalidate_range_start);
+		*end = TYPED_U64(kvm, kvm->mmu_invalidate_range_end);
+		return;
+	}
+helper:  /* older names (before v6.1): rare enough to take the helper read */
+	kvm_invalidate_state(kvm, seq, in_progress, start, end);
+}
+
 /* Keyed mix of the struct kvm pointer (splitmix64 finaliser): stable per VM for one loaded
  * object, not invertible to the pointer without that object's random key. */
 static __always_inline __u64 kf_vm_hash(__u64 kvm, __u64 key)
@@ -137,7 +172,7 @@ static __always_inline struct kvm_page_fault *fault_copy(__u8 *buf, struct kvm_p
 	return (struct kvm_page_fault *)buf;
 }
 
-/* f: a copy from fault_copy() */
+/* f: a copy from fault_copy(), or the typed struct itself (tp_btf / fentry) */
 static __always_inline __u64 fault_error_code(const struct kvm_page_fault *f)
 {
 	if (bpf_core_field_size(f->error_code) == 4)
@@ -154,9 +189,10 @@ static __always_inline __u64 fault_seq(const struct kvm_page_fault *f)
 
 /* Host virtual address of the fault's gfn: fault->hva where it exists (v6.0-v6.12), else the
  * memslot's userspace_addr + page offset of the gfn inside the slot (what __gfn_to_hva_memslot
- * computes; one read for the slot's three fields). Unknown without a slot (MMIO, or before the
- * slot is looked up). */
-static __always_inline __u64 fault_hva(const struct kvm_page_fault *f, __u64 gfn)
+ * computes; one read for the slot's three fields, or plain loads when f is typed, i.e. the
+ * kernel's struct itself in a tp_btf / fentry program). Unknown without a slot (MMIO, or before
+ * the slot is looked up). */
+static __always_inline __u64 fault_hva(const struct kvm_page_fault *f, __u64 gfn, bool typed)
 {
 	const struct kvm_page_fault___hva *fh = (const void *)f;
 	if (bpf_core_field_exists(fh->hva)) {
@@ -169,6 +205,12 @@ static __always_inline __u64 fault_hva(const struct kvm_page_fault *f, __u64 gfn
 	struct kvm_memory_slot *slot = f->slot;
 	if (!slot)
 		return KF_UNKNOWN_U64;
+	if (typed) {  /* f is the kernel's own struct: slot is a BTF pointer, read directly */
+		__u64 base = slot->base_gfn;
+		if (gfn < base || gfn - base >= slot->npages)
+			return KF_UNKNOWN_U64;
+		return slot->userspace_addr + (gfn - base) * 4096;
+	}
 	__u8 buf[KF_SPAN_MAX];
 	__u32 lo = bpf_core_field_offset(slot->base_gfn);
 	if (!span_read(buf, slot, lo, FIELD_END(slot->userspace_addr)))

@@ -16,7 +16,13 @@
  * INVALIDATE_START comes from kvm_mmu_notifier_invalidate_range_start instead of the
  * tracepoint where that function can be probed: it has the VM and the range's reason code.
  *
- * Every record goes through emit() -> ring_submit.bpf.h (drop counter, wakeup_bytes policy).
+ * Every record goes through ring_submit.bpf.h (drop counter, wakeup_bytes policy): filled in
+ * place in its ring slot (open_record / close_record), or built on the stack and copied by emit()
+ * where it must be kept or compared first (held walks, coalescing, invalidations).
+ * Cost per hit (bench/probe-cost.ts, issue 14): every program checks the pid filter before it
+ * touches a map; typed programs (tp_btf, fentry/fexit) read their BTF-typed arguments with plain
+ * loads instead of bpf_probe_read_kernel, and keep per-thread state in task storage instead of
+ * per-tid hashes; raw_tp / kprobe programs (untyped) keep the helper reads and the hashes.
  */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
@@ -133,6 +139,31 @@ struct {
 } held SEC(".maps");
 static struct held_walks zero_held;  /* .bss: initial value for a new entry */
 
+/* Per-thread state of the typed programs (tp_btf, fentry/fexit: BPF_PROG_TYPE_TRACING, which
+ * may use task-local storage on every kernel with BTF-typed probes): found from the task itself,
+ * no hashing and no LRU, freed with the thread. The untyped programs (raw_tp, kprobe) keep the
+ * per-tid hashes above: those program types got the task-storage helpers only in later kernels. */
+struct thread_state {
+	/* The vCPU a typed probe saw last on this thread (kvm_exit precedes every fault of a
+	 * KVM_RUN) and what is fixed about it: its notifier (what current_vcpu() finds), its VM,
+	 * vm_id and vcpu_id, so the probes that have no vCPU argument need not read them again. */
+	__u64 vcpu;
+	__u64 notifier;
+	__u64 kvm;
+	__u64 vm_id;
+	__u32 vcpu_id;
+	__u32 pad;
+	struct entry_ctx handler;  /* fentry/fexit pairing of the fault handler */
+	struct entry_ctx faultin; /* ... of the fault-in function */
+	struct held_walks held;   /* the tp_btf walk / spte / emulate / userspace-exit programs' */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct thread_state);
+} threads SEC(".maps");
+
 /* walks dropped because the instruction emulator made them (bss, read by the loader) */
 __u64 kf_emulator_walks = 0;
 
@@ -143,14 +174,16 @@ static __always_inline __u64 vm_hash(__u64 kvm)
 	return kf_vm_hash(kvm, vm_id_key);
 }
 
-/* Every field unknown, identity of the current thread filled in. Returns false when the
- * pid filter rejects the thread. */
-static __always_inline bool begin(struct kvmfault_event *e, __u16 kind)
+/* The pid filter: every program checks it first, before it writes any map. */
+static __always_inline bool wanted(__u64 pid_tgid)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	return !targ_tgid || (__u32)(pid_tgid >> 32) == targ_tgid;
+}
+
+/* Every field unknown, identity of the current thread (id: bpf_get_current_pid_tgid()) filled in. */
+static __always_inline void init_record(struct kvmfault_event *e, __u64 id, __u16 kind)
+{
 	__u32 tgid = id >> 32;
-	if (targ_tgid && tgid != targ_tgid)
-		return false;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->pid = tgid;
 	e->tid = (__u32)id;
@@ -170,22 +203,75 @@ static __always_inline bool begin(struct kvmfault_event *e, __u16 kind)
 	e->range_end = KF_UNKNOWN_U64;
 	e->ret = KF_UNKNOWN_RET;
 	e->repeat = 1;
+}
+
+/* A record on the caller's stack (held walks, coalescing, invalidations). Returns false when the
+ * pid filter rejects the thread. */
+static __always_inline bool begin(struct kvmfault_event *e, __u16 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return false;
+	init_record(e, id, kind);
 	return true;
 }
 
-/* The VM this process runs, for invalidations (their tracepoint has no kvm): once per fault. */
-static __always_inline void remember_kvm(__u32 tgid, struct kvm *kvm)
+/* The per-thread state of a typed program (NULL if it cannot be had: out of memory). */
+static __always_inline struct thread_state *thread_state(bool create)
 {
-	__u64 k = (__u64)kvm;
-	if (!kvm)
+	return bpf_task_storage_get(&threads, bpf_get_current_task_btf(), NULL,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+/* The VM this process runs, for invalidations (their tracepoint has no kvm): once per fault. */
+static __always_inline void remember_kvm(__u32 tgid, __u64 k)
+{
+	if (!k)
 		return;
 	__u64 *seen = bpf_map_lookup_elem(&kvm_of_tgid, &tgid);
 	if (!seen || *seen != k)
 		bpf_map_update_elem(&kvm_of_tgid, &tgid, &k, BPF_ANY);
 }
 
-/* The VM's invalidation state and the vCPU's identity and RIP: three reads (the vCPU's head,
- * its RIP slot + regs_avail, the VM's invalidation fields), see span_read(). */
+/* The vCPU's RIP from the register cache: fresh only if the exit path marked it available.
+ * regs_avail follows regs[] (RIP is the last register) in struct kvm_vcpu_arch. typed: vcpu is
+ * a BTF pointer (tp_btf / fentry argument), read with plain loads; else one span_read(). */
+static __always_inline void fill_rip(struct kvmfault_event *e, struct kvm_vcpu *vcpu, bool typed)
+{
+	__u8 buf[KF_SPAN_MAX];
+	int rip_idx = bpf_core_enum_value(enum kvm_reg, VCPU_REGS_RIP);
+	if (rip_idx < 0 || rip_idx >= 17)
+		return;
+	bool avail = bpf_core_field_exists(vcpu->arch.regs_avail);
+	if (typed) {
+		e->rip = vcpu->arch.regs[rip_idx];
+		if (avail && !(vcpu->arch.regs_avail & (1u << rip_idx)))
+			e->flags |= KF_FLAG_RIP_STALE;
+		return;
+	}
+	__u32 rip_off = bpf_core_field_offset(vcpu->arch.regs) + rip_idx * 8;
+	__u32 rip_hi = avail ? FIELD_END(vcpu->arch.regs_avail) : rip_off + 8;
+	if (span_read(buf, vcpu, rip_off, rip_hi)) {
+		e->rip = span_field(buf, rip_off, rip_off, 8);
+		if (avail && !(SPAN_FIELD(buf, rip_off, vcpu->arch.regs_avail) & (1u << rip_idx)))
+			e->flags |= KF_FLAG_RIP_STALE;
+	}
+}
+
+/* The VM's invalidation state (typed: kvm is a BTF pointer) and the range's unit. */
+static __always_inline void fill_vm_state(struct kvmfault_event *e, struct kvm *kvm, bool typed)
+{
+	if (typed)
+		kvm_invalidate_state_typed(kvm, &e->mmu_seq, &e->in_progress, &e->range_start, &e->range_end);
+	else
+		kvm_invalidate_state(kvm, &e->mmu_seq, &e->in_progress, &e->range_start, &e->range_end);
+	if (range_is_gfn)
+		e->flags |= KF_FLAG_RANGE_GFN;
+}
+
+/* The VM's invalidation state and the vCPU's identity and RIP, for a vCPU pointer that is only
+ * a number: three reads (the vCPU's head, its RIP slot + regs_avail, the VM's invalidation
+ * fields), see span_read(). */
 static __always_inline struct kvm *fill_vcpu(struct kvmfault_event *e, struct kvm_vcpu *vcpu)
 {
 	__u8 buf[KF_SPAN_MAX];
@@ -202,32 +288,55 @@ static __always_inline struct kvm *fill_vcpu(struct kvmfault_event *e, struct kv
 		return NULL;
 	e->vcpu_id = SPAN_FIELD(buf, lo, vcpu->vcpu_id);
 	e->vm_id = vm_hash((__u64)kvm);
-
-	/* RIP from the register cache: fresh only if the exit path marked it available.
-	 * regs_avail follows regs[] (RIP is the last register) in struct kvm_vcpu_arch. */
-	int rip_idx = bpf_core_enum_value(enum kvm_reg, VCPU_REGS_RIP);
-	if (rip_idx >= 0 && rip_idx < 17) {
-		__u32 rip_off = bpf_core_field_offset(vcpu->arch.regs) + rip_idx * 8;
-		bool avail = bpf_core_field_exists(vcpu->arch.regs_avail);
-		__u32 rip_hi = avail ? FIELD_END(vcpu->arch.regs_avail) : rip_off + 8;
-		if (span_read(buf, vcpu, rip_off, rip_hi)) {
-			e->rip = span_field(buf, rip_off, rip_off, 8);
-			if (avail && !(SPAN_FIELD(buf, rip_off, vcpu->arch.regs_avail) & (1u << rip_idx)))
-				e->flags |= KF_FLAG_RIP_STALE;
-		}
-	}
-
-	kvm_invalidate_state(kvm, &e->mmu_seq, &e->in_progress, &e->range_start, &e->range_end);
-	if (range_is_gfn)
-		e->flags |= KF_FLAG_RANGE_GFN;
+	fill_rip(e, vcpu, false);
+	fill_vm_state(e, kvm, false);
 	return kvm;
 }
 
-/* What a struct kvm_page_fault says about the fault (one read of the struct, one of the slot). */
-static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page_fault *fault, bool with_pfn)
+/* Caches a typed vCPU's fixed identity in the thread's state (see struct thread_state); plain
+ * loads. False when the vCPU has no VM. */
+static __always_inline bool note_vcpu(struct thread_state *t, struct kvm_vcpu *vcpu)
+{
+	struct kvm *kvm = vcpu->kvm;
+	if (!kvm)
+		return false;
+	t->vcpu_id = vcpu->vcpu_id;
+	if (t->vcpu != (__u64)vcpu || t->kvm != (__u64)kvm) {
+		t->vcpu = (__u64)vcpu;
+		t->notifier = (__u64)vcpu + bpf_core_field_offset(struct kvm_vcpu, preempt_notifier) +
+			      bpf_core_field_offset(struct preempt_notifier, link);
+		t->kvm = (__u64)kvm;
+		/* no arithmetic on a BTF pointer: hash the number the map value holds */
+		t->vm_id = vm_hash(*(volatile __u64 *)&t->kvm);
+	}
+	return true;
+}
+
+/* fill_vcpu() for a vCPU that is a typed argument (tp_btf / fentry): no helper call. Returns
+ * the VM as a number (for remember_kvm), 0 without one. */
+static __always_inline __u64 fill_vcpu_typed(struct kvmfault_event *e, struct kvm_vcpu *vcpu,
+					     struct thread_state *t)
+{
+	if (!vcpu)
+		return 0;
+	if (!t)  /* no thread state (out of memory): the helper reads */
+		return (__u64)fill_vcpu(e, vcpu);
+	if (!note_vcpu(t, vcpu))
+		return 0;
+	e->vcpu_id = t->vcpu_id;
+	e->vm_id = t->vm_id;
+	fill_rip(e, vcpu, true);
+	fill_vm_state(e, vcpu->kvm, true);
+	return t->kvm;
+}
+
+/* What a struct kvm_page_fault says about the fault: one read of the struct and one of the
+ * slot, or, typed (fault is a tp_btf / fentry argument), plain loads from the kernel's own. */
+static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page_fault *fault, bool with_pfn,
+				       bool typed)
 {
 	__u8 buf[KF_SPAN_MAX];
-	struct kvm_page_fault *f = fault ? fault_copy(buf, fault) : NULL;
+	struct kvm_page_fault *f = typed ? fault : fault ? fault_copy(buf, fault) : NULL;
 	if (!f)
 		return;
 	__u64 gfn = f->gfn;
@@ -235,7 +344,7 @@ static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page
 	/* fault->addr is a guest-virtual address under shadow paging: gfn is the physical page */
 	e->gpa = tdp ? f->addr : gfn << 12;
 	e->error_code = fault_error_code(f);
-	e->hva = fault_hva(f, gfn);
+	e->hva = fault_hva(f, gfn, typed);
 	e->fault_seq = fault_seq(f);
 	if (with_pfn)
 		e->pfn = f->pfn;
@@ -254,22 +363,36 @@ static __always_inline void fill_fault(struct kvmfault_event *e, struct kvm_page
  * kallsyms (CONFIG_KALLSYMS_ALL), which some kernels lack (the tracer's mode notes say so). Instead: vcpu_load()
  * registers vcpu->preempt_notifier on current->preempt_notifiers for the whole KVM_RUN, and
  * KVM is the only in-tree user of preempt notifiers, so the list head is that vCPU's notifier.
- * Fallback: the vCPU a typed probe saw last on this thread. */
-static __always_inline struct kvm_vcpu *current_vcpu(void)
+ * Fallback: the vCPU a typed probe saw last on this thread. typed: the caller is a tracing
+ * program with the thread's state t (may be NULL); the head is then a plain load, and when it is
+ * the notifier of the vCPU t caches, *cached says so (its identity need not be read again). */
+static __always_inline struct kvm_vcpu *current_vcpu(struct thread_state *t, bool typed, bool *cached)
 {
+	*cached = false;
 	if (bpf_core_field_exists(struct task_struct, preempt_notifiers)) {
+		struct hlist_node *n;
+		if (typed) {
+			n = bpf_get_current_task_btf()->preempt_notifiers.first;
+			if (t && t->vcpu && t->notifier == (__u64)n) {
+				*cached = true;
+				return (struct kvm_vcpu *)t->vcpu;
+			}
+		}
 		struct task_struct *task = (void *)bpf_get_current_task();
-		struct hlist_node *n = BPF_CORE_READ(task, preempt_notifiers.first);
+		n = BPF_CORE_READ(task, preempt_notifiers.first);
 		if (n)
 			return (void *)((char *)n -
 					bpf_core_field_offset(struct kvm_vcpu, preempt_notifier) -
 					bpf_core_field_offset(struct preempt_notifier, link));
 	}
+	if (typed)
+		return t ? (struct kvm_vcpu *)t->vcpu : NULL;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u64 *v = bpf_map_lookup_elem(&vcpu_of_tid, &tid);
 	return v ? (struct kvm_vcpu *)*v : NULL;
 }
 
+/* The untyped programs' record of the thread's vCPU (the typed ones: note_vcpu()). */
 static __always_inline void remember_vcpu(struct kvm_vcpu *vcpu)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -277,6 +400,22 @@ static __always_inline void remember_vcpu(struct kvm_vcpu *vcpu)
 	__u64 *seen = bpf_map_lookup_elem(&vcpu_of_tid, &tid);
 	if (!seen || *seen != v)
 		bpf_map_update_elem(&vcpu_of_tid, &tid, &v, BPF_ANY);
+}
+
+/* The current vCPU's identity, RIP and VM state for a probe without a vCPU argument: from the
+ * thread's cache plus two reads (RIP, VM state) when the running vCPU is the cached one, else
+ * fill_vcpu()'s three. Returns the VM (a number), 0 if unknown. */
+static __always_inline __u64 fill_current_vcpu(struct kvmfault_event *e, struct thread_state *t, bool typed)
+{
+	bool cached;
+	struct kvm_vcpu *vcpu = current_vcpu(t, typed, &cached);
+	if (!cached || !t)
+		return (__u64)fill_vcpu(e, vcpu);
+	e->vcpu_id = t->vcpu_id;
+	e->vm_id = t->vm_id;
+	fill_rip(e, vcpu, false);
+	fill_vm_state(e, (struct kvm *)t->kvm, false);
+	return t->kvm;
 }
 
 static __always_inline void submit_copy(const struct kvmfault_event *src)
@@ -349,13 +488,49 @@ static __always_inline void emit(struct kvmfault_event *e)
 	submit_copy(e);
 }
 
+/*
+ * The record of a hit, filled in place: without coalescing a ring slot reserved at once (one
+ * reservation, no copy), else the caller's stack record, which emit() compares with the thread's
+ * last one first. NULL when the ring is full (counted). The pid filter ran before (wanted()).
+ * `coalesce` is read-only data: the verifier knows it, and only one branch exists for it.
+ */
+static __always_inline struct kvmfault_event *open_record(struct kvmfault_event *stack, __u64 id, __u16 kind)
+{
+	struct kvmfault_event *e = coalesce ? stack : kf_reserve(&ring, sizeof(*e));
+	if (e)
+		init_record(e, id, kind);
+	return e;
+}
+
+static __always_inline void close_record(struct kvmfault_event *e)
+{
+	if (coalesce)
+		emit(e);
+	else
+		kf_submit(&ring, e);
+}
+
 /* ---- shared handlers (one body per point, called by the tp_btf / raw_tp / kprobe / fentry
  * programs below) ---------------------------------------------------------------------------- */
 
-/* Emits the thread's held walks as FAULT records, oldest first. */
-static __always_inline void flush_held_walks(__u32 tid)
+/* The thread's held walks: task storage in the typed programs, the per-tid hash in the raw_tp
+ * ones (a kernel offers typed tracepoints for all of KVM's or none: one kind holds, the same
+ * kind flushes). create: make an empty entry when there is none. */
+static __always_inline struct held_walks *held_of(struct thread_state *t, __u32 tid, bool typed, bool create)
 {
+	if (typed)
+		return t ? &t->held : NULL;
 	struct held_walks *h = bpf_map_lookup_elem(&held, &tid);
+	if (!h && create) {
+		bpf_map_update_elem(&held, &tid, &zero_held, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&held, &tid);
+	}
+	return h;
+}
+
+/* Emits the thread's held walks as FAULT records, oldest first. */
+static __always_inline void flush_held_walks(struct held_walks *h)
+{
 	if (!h || !h->n)
 		return;
 	emit(&h->ev[0]);
@@ -364,25 +539,22 @@ static __always_inline void flush_held_walks(__u32 tid)
 	h->n = 0;
 }
 
-static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr)
+static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr, bool typed)
 {
 	struct kvmfault_event e;
 	if (!begin(&e, KF_FAULT))
 		return 0;
+	struct thread_state *t = typed ? thread_state(true) : NULL;
 	/* Shadow paging walks the guest's tables for a guest-VIRTUAL address: addr is a gva here
 	 * (identical to the gpa only for identity-mapped guests). No vCPU argument. */
 	e.gpa = addr;
 	e.error_code = pferr;
-	fill_vcpu(&e, current_vcpu());
+	fill_current_vcpu(&e, t, typed);
 
-	struct held_walks *h = bpf_map_lookup_elem(&held, &e.tid);
-	if (!h) {
-		bpf_map_update_elem(&held, &e.tid, &zero_held, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&held, &e.tid);
-		if (!h) {  /* no room to hold it: emit at once */
-			emit(&e);
-			return 0;
-		}
+	struct held_walks *h = held_of(t, e.tid, typed, true);
+	if (!h) {  /* no room to hold it: emit at once */
+		emit(&e);
+		return 0;
 	}
 	if (h->n >= HELD_WALKS) {  /* the oldest walk got neither an spte nor emulation */
 		emit(&h->ev[0]);
@@ -398,10 +570,12 @@ static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr)
 }
 
 /* The instruction emulator ran: the held walks were its own, not page faults. */
-static __always_inline int on_emulate_insn(void)
+static __always_inline int on_emulate_insn(bool typed)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct held_walks *h = bpf_map_lookup_elem(&held, &tid);
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return 0;
+	struct held_walks *h = held_of(typed ? thread_state(false) : NULL, (__u32)id, typed, false);
 	if (h && h->n) {
 		__sync_fetch_and_add(&kf_emulator_walks, h->n);
 		h->n = 0;
@@ -410,34 +584,52 @@ static __always_inline int on_emulate_insn(void)
 }
 
 /* KVM_RUN returns to userspace: walks still held were faults that did not get an spte. */
-static __always_inline int on_userspace_exit(void)
+static __always_inline int on_userspace_exit(bool typed)
 {
-	flush_held_walks((__u32)bpf_get_current_pid_tgid());
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return 0;
+	flush_held_walks(held_of(typed ? thread_state(false) : NULL, (__u32)id, typed, false));
 	return 0;
 }
 
-static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, __u64 error_code)
+/* kvm:kvm_page_fault (VMX/SVM exit handlers): the vCPU is an argument */
+static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, __u64 error_code, bool typed)
 {
-	struct kvmfault_event e;
-	if (!begin(&e, KF_FAULT))
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
 		return 0;
-	remember_vcpu(vcpu);
-	e.gpa = addr;
-	e.error_code = error_code;
-	remember_kvm(e.pid, fill_vcpu(&e, vcpu));
-	emit(&e);
+	struct thread_state *t = typed ? thread_state(true) : NULL;
+	if (!typed)
+		remember_vcpu(vcpu);
+	struct kvmfault_event *e = open_record(&stack, id, KF_FAULT);
+	if (!e)
+		return 0;
+	e->gpa = addr;
+	e->error_code = error_code;
+	__u64 kvm = typed ? fill_vcpu_typed(e, vcpu, t) : (__u64)fill_vcpu(e, vcpu);
+	close_record(e);
+	remember_kvm(id >> 32, kvm);
 	return 0;
 }
 
-static __always_inline int on_spte_requested(struct kvm_page_fault *fault)
+static __always_inline int on_spte_requested(struct kvm_page_fault *fault, bool typed)
 {
-	struct kvmfault_event e;
-	if (!begin(&e, KF_MAP))
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
 		return 0;
-	flush_held_walks(e.tid);  /* the fault's own walk (and any unmapped one before it) first */
-	remember_kvm(e.pid, fill_vcpu(&e, current_vcpu()));
-	fill_fault(&e, fault, true);
-	emit(&e);
+	struct thread_state *t = typed ? thread_state(false) : NULL;
+	/* the fault's own walk (and any unmapped one before it) first: before this record's slot */
+	flush_held_walks(held_of(t, (__u32)id, typed, false));
+	struct kvmfault_event *e = open_record(&stack, id, KF_MAP);
+	if (!e)
+		return 0;
+	__u64 kvm = fill_current_vcpu(e, t, typed);
+	fill_fault(e, fault, true, typed);
+	close_record(e);
+	remember_kvm(id >> 32, kvm);
 	return 0;
 }
 
@@ -486,112 +678,174 @@ static __always_inline int on_notifier_range_start(void *ctx, struct mmu_notifie
 	return on_invalidate(ctx, start, end, mn ? kvm : NULL, event);
 }
 
-static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu)
+static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu, bool typed)
 {
-	remember_vcpu(vcpu);
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return 0;
+	struct thread_state *t = NULL;
+	if (typed) {
+		t = thread_state(true);
+		if (t && vcpu)  /* a tracepoint argument may be NULL as far as the verifier knows */
+			note_vcpu(t, vcpu);  /* every fault of this exit finds its vCPU here */
+	} else {
+		remember_vcpu(vcpu);
+	}
 	if (!emit_exits)
 		return 0;
-	struct kvmfault_event e;
-	if (!begin(&e, KF_EXIT))
+	struct kvmfault_event *e = open_record(&stack, id, KF_EXIT);
+	if (!e)
 		return 0;
-	fill_vcpu(&e, vcpu);  /* trace_kvm_exit reads RIP through the cache: fresh here */
-	emit(&e);
+	/* trace_kvm_exit reads RIP through the cache: fresh here */
+	if (typed)
+		fill_vcpu_typed(e, vcpu, t);
+	else
+		fill_vcpu(e, vcpu);
+	close_record(e);
 	return 0;
 }
 
-static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault,
-					  __u64 gpa, __u64 error_code)
+/* The entry -> return pairing of one thread: task storage in fentry/fexit, a hash in kprobes. */
+static __always_inline struct entry_ctx *pairing(struct thread_state *t, void *hash, __u32 tid, bool typed,
+						 bool faultin, bool create)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct entry_ctx *c = bpf_map_lookup_elem(&handler_ctx, &tid);
-	if (!c) {
+	if (typed)
+		return t ? (faultin ? &t->faultin : &t->handler) : NULL;
+	struct entry_ctx *c = bpf_map_lookup_elem(hash, &tid);
+	if (!c && create) {
 		struct entry_ctx z = {};
-		bpf_map_update_elem(&handler_ctx, &tid, &z, BPF_ANY);
-		c = bpf_map_lookup_elem(&handler_ctx, &tid);
-		if (!c)
-			return 0;
+		bpf_map_update_elem(hash, &tid, &z, BPF_ANY);
+		c = bpf_map_lookup_elem(hash, &tid);
 	}
+	return c;
+}
+
+/* Fills the vCPU and fault fields of an entry / return record. typed: vcpu and fault are the
+ * probed function's own (fentry / fexit) arguments; else numbers saved by the entry probe. */
+static __always_inline __u64 fill_entry(struct kvmfault_event *e, struct thread_state *t, struct kvm_vcpu *vcpu,
+					struct kvm_page_fault *fault, bool with_pfn, bool typed)
+{
+	__u64 kvm = typed ? fill_vcpu_typed(e, vcpu, t) : (__u64)fill_vcpu(e, vcpu);
+	if (fault)
+		fill_fault(e, fault, with_pfn, typed);
+	return kvm;
+}
+
+static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault,
+					  __u64 gpa, __u64 error_code, bool typed)
+{
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return 0;
+	struct thread_state *t = typed ? thread_state(true) : NULL;
+	struct entry_ctx *c = pairing(t, &handler_ctx, (__u32)id, typed, false, true);
+	if (!c)
+		return 0;
 	if (c->depth++ > 0)  /* nested handler of the same fault */
 		return 0;
 	c->vcpu = (__u64)vcpu;
 	c->fault = (__u64)fault;
 	c->gpa = gpa;
 	c->error_code = error_code;
-	remember_vcpu(vcpu);
+	if (!typed)
+		remember_vcpu(vcpu);
 
-	struct kvmfault_event e;
-	if (!begin(&e, KF_FAULT))
+	struct kvmfault_event *e = open_record(&stack, id, KF_FAULT);
+	if (!e)
 		return 0;
-	remember_kvm(e.pid, fill_vcpu(&e, vcpu));
+	__u64 kvm = fill_entry(e, t, vcpu, fault, false, typed);
 	if (fault) {
-		fill_fault(&e, fault, false);
 		/* fault->mmu_seq is snapshotted inside the fault-in step: still stale here */
-		e.fault_seq = KF_UNKNOWN_U64;
+		e->fault_seq = KF_UNKNOWN_U64;
 	} else {
-		e.gpa = gpa;
-		e.error_code = error_code;
+		e->gpa = gpa;
+		e->error_code = error_code;
 	}
-	emit(&e);
+	close_record(e);
+	remember_kvm(id >> 32, kvm);
 	return 0;
 }
 
-static __always_inline int on_fault_return(int ret)
+/* typed: vcpu and fault are the fexit's own arguments (those of the outermost call, the one
+ * whose return this is); else the entry's, saved in the pairing. */
+static __always_inline int on_fault_return(int ret, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, bool typed)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct entry_ctx *c = bpf_map_lookup_elem(&handler_ctx, &tid);
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return 0;
+	struct thread_state *t = typed ? thread_state(false) : NULL;
+	struct entry_ctx *c = pairing(t, &handler_ctx, (__u32)id, typed, false, false);
 	if (!c || c->depth == 0)
 		return 0;  /* attached mid-fault: no entry seen */
 	if (--c->depth > 0)
 		return 0;
-	struct kvmfault_event e;
-	if (!begin(&e, KF_FAULT_RET))
+	struct kvmfault_event *e = open_record(&stack, id, KF_FAULT_RET);
+	if (!e)
 		return 0;
-	fill_vcpu(&e, (struct kvm_vcpu *)c->vcpu);
-	if (c->fault) {
-		/* through a typed local: a cast inside BPF_CORE_READ would relocate against
+	if (!typed) {
+		/* through typed locals: a cast inside BPF_CORE_READ would relocate against
 		 * struct entry_ctx (the cast's operand), which no kernel has */
-		struct kvm_page_fault *fault = (void *)c->fault;
-		fill_fault(&e, fault, true);
-	} else {
-		e.gpa = c->gpa;
-		e.error_code = c->error_code;
+		vcpu = (struct kvm_vcpu *)c->vcpu;
+		fault = (struct kvm_page_fault *)c->fault;
 	}
-	e.ret = ret;
-	emit(&e);
+	fill_entry(e, t, vcpu, c->fault ? fault : NULL, true, typed);
+	if (!c->fault) {
+		e->gpa = c->gpa;
+		e->error_code = c->error_code;
+	}
+	e->ret = ret;
+	close_record(e);
 	return 0;
 }
 
-static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
+static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, bool typed)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct entry_ctx c = { .vcpu = (__u64)vcpu, .fault = (__u64)fault, .depth = 1 };
-	bpf_map_update_elem(&faultin_ctx, &tid, &c, BPF_ANY);
-	remember_vcpu(vcpu);
-	struct kvmfault_event e;
-	if (!begin(&e, KF_FAULTIN))
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
 		return 0;
-	fill_vcpu(&e, vcpu);
-	fill_fault(&e, fault, false);  /* pfn not resolved yet: stays unknown */
-	e.fault_seq = KF_UNKNOWN_U64;  /* the snapshot is taken inside this function */
-	emit(&e);
+	struct thread_state *t = typed ? thread_state(true) : NULL;
+	struct entry_ctx *c = pairing(t, &faultin_ctx, (__u32)id, typed, true, true);
+	if (c) {
+		c->vcpu = (__u64)vcpu;
+		c->fault = (__u64)fault;
+		c->depth = 1;
+	}
+	if (!typed)
+		remember_vcpu(vcpu);
+	struct kvmfault_event *e = open_record(&stack, id, KF_FAULTIN);
+	if (!e)
+		return 0;
+	fill_entry(e, t, vcpu, fault, false, typed);  /* pfn not resolved yet: stays unknown */
+	e->fault_seq = KF_UNKNOWN_U64;  /* the snapshot is taken inside this function */
+	close_record(e);
 	return 0;
 }
 
-static __always_inline int on_faultin_return(int ret)
+static __always_inline int on_faultin_return(int ret, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, bool typed)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct entry_ctx *c = bpf_map_lookup_elem(&faultin_ctx, &tid);
+	struct kvmfault_event stack;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!wanted(id))
+		return 0;
+	struct thread_state *t = typed ? thread_state(false) : NULL;
+	struct entry_ctx *c = pairing(t, &faultin_ctx, (__u32)id, typed, true, false);
 	if (!c || !c->depth)
 		return 0;
 	c->depth = 0;
-	struct kvmfault_event e;
-	if (!begin(&e, KF_FAULTIN_RET))
+	struct kvmfault_event *e = open_record(&stack, id, KF_FAULTIN_RET);
+	if (!e)
 		return 0;
-	struct kvm_page_fault *fault = (struct kvm_page_fault *)c->fault;
-	fill_vcpu(&e, (struct kvm_vcpu *)c->vcpu);
-	fill_fault(&e, fault, true);
-	e.ret = ret;
-	emit(&e);
+	if (!typed) {
+		vcpu = (struct kvm_vcpu *)c->vcpu;
+		fault = (struct kvm_page_fault *)c->fault;
+	}
+	fill_entry(e, t, vcpu, fault, true, typed);
+	e->ret = ret;
+	close_record(e);
 	return 0;
 }
 
@@ -600,19 +854,19 @@ static __always_inline int on_faultin_return(int ret)
 SEC("tp_btf/kvm_mmu_pagetable_walk")
 int BPF_PROG(tb_pagetable_walk, __u64 addr, __u32 pferr)
 {
-	return on_pagetable_walk(addr, pferr);
+	return on_pagetable_walk(addr, pferr, true);
 }
 
 SEC("tp_btf/kvm_page_fault")
 int BPF_PROG(tb_page_fault, struct kvm_vcpu *vcpu, __u64 addr, __u64 error_code)
 {
-	return on_page_fault_tp(vcpu, addr, error_code);
+	return on_page_fault_tp(vcpu, addr, error_code, true);
 }
 
 SEC("tp_btf/kvm_mmu_spte_requested")
 int BPF_PROG(tb_spte_requested, struct kvm_page_fault *fault)
 {
-	return on_spte_requested(fault);
+	return on_spte_requested(fault, true);
 }
 
 SEC("tp_btf/kvm_unmap_hva_range")
@@ -624,19 +878,19 @@ int BPF_PROG(tb_unmap_hva_range, unsigned long start, unsigned long end)
 SEC("tp_btf/kvm_exit")
 int BPF_PROG(tb_kvm_exit, struct kvm_vcpu *vcpu)
 {
-	return on_kvm_exit(vcpu);
+	return on_kvm_exit(vcpu, true);
 }
 
 SEC("tp_btf/kvm_emulate_insn")
 int BPF_PROG(tb_emulate_insn, struct kvm_vcpu *vcpu, __u8 failed)
 {
-	return on_emulate_insn();
+	return on_emulate_insn(true);
 }
 
 SEC("tp_btf/kvm_userspace_exit")
 int BPF_PROG(tb_userspace_exit, __u32 reason, int err)
 {
-	return on_userspace_exit();
+	return on_userspace_exit(true);
 }
 
 /* ---- tracepoint set: raw_tracepoint (untyped args, same order as TP_PROTO) ----------------- */
@@ -644,31 +898,31 @@ int BPF_PROG(tb_userspace_exit, __u32 reason, int err)
 SEC("raw_tp/kvm_emulate_insn")
 int rt_emulate_insn(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_emulate_insn();
+	return on_emulate_insn(false);
 }
 
 SEC("raw_tp/kvm_userspace_exit")
 int rt_userspace_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_userspace_exit();
+	return on_userspace_exit(false);
 }
 
 SEC("raw_tp/kvm_mmu_pagetable_walk")
 int rt_pagetable_walk(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_pagetable_walk(ctx->args[0], (__u32)ctx->args[1]);
+	return on_pagetable_walk(ctx->args[0], (__u32)ctx->args[1], false);
 }
 
 SEC("raw_tp/kvm_page_fault")
 int rt_page_fault(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_page_fault_tp((struct kvm_vcpu *)ctx->args[0], ctx->args[1], ctx->args[2]);
+	return on_page_fault_tp((struct kvm_vcpu *)ctx->args[0], ctx->args[1], ctx->args[2], false);
 }
 
 SEC("raw_tp/kvm_mmu_spte_requested")
 int rt_spte_requested(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_spte_requested((struct kvm_page_fault *)ctx->args[0]);
+	return on_spte_requested((struct kvm_page_fault *)ctx->args[0], false);
 }
 
 SEC("raw_tp/kvm_unmap_hva_range")
@@ -680,7 +934,7 @@ int rt_unmap_hva_range(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tp/kvm_exit")
 int rt_kvm_exit(struct bpf_raw_tracepoint_args *ctx)
 {
-	return on_kvm_exit((struct kvm_vcpu *)ctx->args[0]);
+	return on_kvm_exit((struct kvm_vcpu *)ctx->args[0], false);
 }
 
 /* ---- kprobe set (targets from kallsyms at attach) ------------------------------------------ */
@@ -689,13 +943,13 @@ int rt_kvm_exit(struct bpf_raw_tracepoint_args *ctx)
 SEC("kprobe")
 int BPF_KPROBE(kp_fault, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
 {
-	return on_fault_entry(vcpu, fault, 0, 0);
+	return on_fault_entry(vcpu, fault, 0, 0, false);
 }
 
 SEC("kretprobe")
 int BPF_KRETPROBE(kr_fault, int ret)
 {
-	return on_fault_return(ret);
+	return on_fault_return(ret, NULL, NULL, false);
 }
 
 /* fallback entry when no handler symbol exists: kvm_mmu_page_fault(vcpu, cr2_or_gpa, error_code, ...).
@@ -703,26 +957,26 @@ int BPF_KRETPROBE(kr_fault, int ret)
 SEC("kprobe")
 int BPF_KPROBE(kp_mmu_page_fault, struct kvm_vcpu *vcpu, __u64 gpa, __u64 error_code)
 {
-	return on_fault_entry(vcpu, NULL, gpa, error_code);
+	return on_fault_entry(vcpu, NULL, gpa, error_code, false);
 }
 
 SEC("kretprobe")
 int BPF_KRETPROBE(kr_mmu_page_fault, int ret)
 {
-	return on_fault_return(ret);
+	return on_fault_return(ret, NULL, NULL, false);
 }
 
 /* kvm_mmu_faultin_pfn / kvm_faultin_pfn (vcpu, fault[, access]) */
 SEC("kprobe")
 int BPF_KPROBE(kp_faultin, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
 {
-	return on_faultin_entry(vcpu, fault);
+	return on_faultin_entry(vcpu, fault, false);
 }
 
 SEC("kretprobe")
 int BPF_KRETPROBE(kr_faultin, int ret)
 {
-	return on_faultin_return(ret);
+	return on_faultin_return(ret, NULL, NULL, false);
 }
 
 /* kvm_mmu_notifier_invalidate_range_start: the VM and the reason code (replaces the
@@ -746,10 +1000,15 @@ int fe_notifier_start(__u64 *ctx)
 	return on_notifier_range_start(ctx, (struct mmu_notifier *)args[0], (const struct mmu_notifier_range *)args[1]);
 }
 
+/* An fexit's first two arguments, (vcpu, fault) in every target: the verifier types ctx loads
+ * from the target's BTF, so these are BTF pointers whatever the C cast says. */
+#define FX_VCPU(ctx) ((struct kvm_vcpu *)(ctx)[0])
+#define FX_FAULT(ctx) ((struct kvm_page_fault *)(ctx)[1])
+
 SEC("fentry/kvm_mmu_faultin_pfn")
 int BPF_PROG(fe_faultin, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
 {
-	return on_faultin_entry(vcpu, fault);
+	return on_faultin_entry(vcpu, fault, true);
 }
 
 SEC("fexit/kvm_mmu_faultin_pfn")
@@ -757,13 +1016,13 @@ int fx_faultin(__u64 *ctx)
 {
 	__u64 ret = 0;
 	bpf_get_func_ret(ctx, &ret);  /* independent of the function's argument count */
-	return on_faultin_return((int)ret);
+	return on_faultin_return((int)ret, FX_VCPU(ctx), FX_FAULT(ctx), true);
 }
 
 SEC("fentry/kvm_tdp_page_fault")
 int BPF_PROG(fe_fault_tdp, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
 {
-	return on_fault_entry(vcpu, fault, 0, 0);
+	return on_fault_entry(vcpu, fault, 0, 0, true);
 }
 
 SEC("fexit/kvm_tdp_page_fault")
@@ -771,13 +1030,13 @@ int fx_fault_tdp(__u64 *ctx)
 {
 	__u64 ret = 0;
 	bpf_get_func_ret(ctx, &ret);
-	return on_fault_return((int)ret);
+	return on_fault_return((int)ret, FX_VCPU(ctx), FX_FAULT(ctx), true);
 }
 
 SEC("fentry/paging64_page_fault")
 int BPF_PROG(fe_fault_shadow, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault)
 {
-	return on_fault_entry(vcpu, fault, 0, 0);
+	return on_fault_entry(vcpu, fault, 0, 0, true);
 }
 
 SEC("fexit/paging64_page_fault")
@@ -785,5 +1044,5 @@ int fx_fault_shadow(__u64 *ctx)
 {
 	__u64 ret = 0;
 	bpf_get_func_ret(ctx, &ret);
-	return on_fault_return((int)ret);
+	return on_fault_return((int)ret, FX_VCPU(ctx), FX_FAULT(ctx), true);
 }
