@@ -11,6 +11,7 @@ import path from 'node:path';
 import { native } from '../lib/native';
 import type { EventBatch } from '../lib/record';
 import { EventStream } from '../lib/stream';
+import { ProbeCatalogue } from '../lib/tracer';
 import type { WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { BenchError } from './common';
 
@@ -48,7 +49,9 @@ export function openKvmTracer(o: KvmTracerOptions): KvmTracer {
       coalesce: o.coalesce ?? false,
       exits: false,
       rawTracepoints: o.rawTracepoints ?? false,
+      invalidationStacks: false,
       verbose: false,
+      probes: new ProbeCatalogue().forMode(o.mode ?? 'tracepoint'),
     });
     t.load();
     const probes = t.attach() as KvmTracer['probes'];

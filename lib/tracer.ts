@@ -122,7 +122,7 @@ export class TracerError extends Error {
 }
 
 /** The probe catalogue (probes.ts) as the addon takes it, with the kallsyms symbol of each function found. */
-interface NativeCatalogue {
+export interface NativeCatalogue {
   faultin: readonly string[];
   notifier: string;
   handlers: readonly string[];
@@ -246,10 +246,10 @@ interface Attempt {
 }
 
 /**
- * The catalogue for one openTracer() call. /proc/kallsyms is slow to read (5 MB, ~0.3 s): only
+ * The catalogue for one openTracer() call (exported for bench/kvm.ts, which drives the addon directly). /proc/kallsyms is slow to read (5 MB, ~0.3 s): only
  * the function probes (kprobe, fentry) need its symbols, read once for every mode tried.
  */
-class Catalogue {
+export class ProbeCatalogue {
   private symbols: Record<string, string> | null = null;
 
   forMode(mode: TracerMode): NativeCatalogue {
@@ -271,7 +271,7 @@ function kallsymsHasRunningVcpu(): boolean {
 }
 
 /** One mode: open, load, attach. Throws TracerError; never leaves anything attached on failure. */
-function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean, catalogue: Catalogue): Attempt {
+function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean, catalogue: ProbeCatalogue): Attempt {
   const Native = native().Tracer;
   const t: NativeTracer = new Native();
   try {
@@ -295,7 +295,7 @@ function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean, catalog
 }
 
 /** The tracepoint set: typed tp_btf first; raw_tracepoint if the typed programs do not load. */
-function attemptTracepoint(o: Resolved, catalogue: Catalogue): Attempt {
+function attemptTracepoint(o: Resolved, catalogue: ProbeCatalogue): Attempt {
   try {
     return attempt('tracepoint', o, false, catalogue);
   } catch (e) {
@@ -477,7 +477,7 @@ export async function openTracer(options: TracerOptions = {}): Promise<Tracer> {
   if (o.signal?.aborted) throw new TracerError('ABORTED', 'openTracer: options.signal was already aborted');
   const order: readonly TracerMode[] = o.mode === 'auto' ? AUTO_ORDER : [o.mode];
   const failed: { mode: TracerMode; error: TracerError }[] = [];
-  const catalogue = new Catalogue();
+  const catalogue = new ProbeCatalogue();
   for (const mode of order) {
     try {
       const a = mode === 'tracepoint' ? attemptTracepoint(o, catalogue) : attempt(mode, o, false, catalogue);

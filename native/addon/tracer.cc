@@ -163,36 +163,89 @@ struct Catalogue {
   }
 };
 
-std::vector<std::string> StringList(Napi::Value v) {
+// open()'s options come from lib/tracer.ts, but the addon is also reachable directly
+// (native().Tracer): a field of the wrong type must be a TypeError, never a fatal abort of the
+// process (Napi's String conversion of a non-string aborts with C++ exceptions off). Each reader
+// records the first bad field in *bad and returns an empty value.
+std::string Str(Napi::Object o, const char* key, const std::string& where, std::string* bad) {
+  Napi::Value v = o.Get(key);
+  if (v.IsString()) return v.As<Napi::String>();
+  if (bad->empty()) *bad = where + "." + key + " must be a string";
+  return {};
+}
+
+std::vector<std::string> StringList(Napi::Object o, const char* key, const std::string& where, std::string* bad) {
   std::vector<std::string> out;
-  if (!v.IsArray()) return out;
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return out;
+  if (!v.IsArray()) {
+    if (bad->empty()) *bad = where + "." + key + " must be an array of strings";
+    return out;
+  }
   Napi::Array a = v.As<Napi::Array>();
-  for (uint32_t i = 0; i < a.Length(); i++) out.push_back(a.Get(i).As<Napi::String>());
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsString()) {
+      if (bad->empty()) *bad = where + "." + key + "[" + std::to_string(i) + "] must be a string";
+      return out;
+    }
+    out.push_back(e.As<Napi::String>());
+  }
   return out;
 }
 
-Catalogue ReadCatalogue(Napi::Object o) {
+// Each element of o[key] that is an object, or *bad set.
+std::vector<Napi::Object> Objects(Napi::Object o, const char* key, const std::string& where, std::string* bad) {
+  std::vector<Napi::Object> out;
+  Napi::Value v = o.Get(key);
+  if (!v.IsArray()) {
+    if (bad->empty()) *bad = where + "." + key + " must be an array";
+    return out;
+  }
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsObject()) {
+      if (bad->empty()) *bad = where + "." + key + "[" + std::to_string(i) + "] must be an object";
+      return {};
+    }
+    out.push_back(e.As<Napi::Object>());
+  }
+  return out;
+}
+
+// The catalogue, or *bad says which field is missing or of the wrong type.
+Catalogue ReadCatalogue(Napi::Value v, std::string* bad) {
   Catalogue c;
-  c.faultin = StringList(o.Get("faultin"));
-  c.handlers = StringList(o.Get("handlers"));
-  c.fallback = o.Get("fallback").As<Napi::String>();
-  c.notifier = o.Get("notifier").As<Napi::String>();
-  Napi::Array fe = o.Get("fentry").As<Napi::Array>();
-  for (uint32_t i = 0; i < fe.Length(); i++) {
-    Napi::Object e = fe.Get(i).As<Napi::Object>();
-    c.fentry.push_back({e.Get("entry").As<Napi::String>(), e.Get("exit").As<Napi::String>(), StringList(e.Get("candidates"))});
+  const std::string where = "options.probes";
+  if (!v.IsObject()) {
+    *bad = where + " must be the probe catalogue object (lib/tracer.ts builds it from lib/probes.ts)";
+    return c;
   }
-  Napi::Array tps = o.Get("tracepoints").As<Napi::Array>();
-  for (uint32_t i = 0; i < tps.Length(); i++) {
-    Napi::Object t = tps.Get(i).As<Napi::Object>();
-    c.tracepoints.push_back({t.Get("program").As<Napi::String>(), t.Get("system").As<Napi::String>(),
-                             t.Get("name").As<Napi::String>(), t.Get("faultEntry").ToBoolean()});
+  Napi::Object o = v.As<Napi::Object>();
+  c.faultin = StringList(o, "faultin", where, bad);
+  c.handlers = StringList(o, "handlers", where, bad);
+  c.fallback = Str(o, "fallback", where, bad);
+  c.notifier = Str(o, "notifier", where, bad);
+  for (Napi::Object e : Objects(o, "fentry", where, bad)) {
+    const std::string w = where + ".fentry[]";
+    c.fentry.push_back({Str(e, "entry", w, bad), Str(e, "exit", w, bad), StringList(e, "candidates", w, bad)});
   }
-  Napi::Object syms = o.Get("symbols").As<Napi::Object>();
+  for (Napi::Object t : Objects(o, "tracepoints", where, bad)) {
+    const std::string w = where + ".tracepoints[]";
+    c.tracepoints.push_back({Str(t, "program", w, bad), Str(t, "system", w, bad), Str(t, "name", w, bad),
+                             t.Get("faultEntry").ToBoolean()});
+  }
+  Napi::Value symsValue = o.Get("symbols");
+  if (!symsValue.IsObject()) {
+    if (bad->empty()) *bad = where + ".symbols must be an object (function -> kallsyms symbol)";
+    return c;
+  }
+  Napi::Object syms = symsValue.As<Napi::Object>();
   Napi::Array keys = syms.GetPropertyNames();
   for (uint32_t i = 0; i < keys.Length(); i++) {
-    std::string k = keys.Get(i).As<Napi::String>();
-    c.symbols[k] = syms.Get(k).As<Napi::String>();
+    std::string k = keys.Get(i).ToString();
+    c.symbols[k] = Str(syms, k.c_str(), where + ".symbols", bad);
   }
   return c;
 }
@@ -526,8 +579,22 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value Open(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (skel_) return Throw(env, "EBUSY", EBUSY, "tracer already open: close() it first");
+    if (info.Length() < 1 || !info[0].IsObject()) {
+      Napi::TypeError::New(env, "Tracer.open(options): options must be an object").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
     Napi::Object o = info[0].As<Napi::Object>();
-    std::string mode = o.Get("mode").As<Napi::String>();
+    std::string bad;
+    const std::string mode = Str(o, "mode", "options", &bad);
+    if (bad.empty() && mode != "kprobe" && mode != "fentry" && mode != "tracepoint")
+      bad = "options.mode must be 'kprobe', 'fentry' or 'tracepoint' (got '" + mode + "')";
+    if (bad.empty() && !o.Get("ringBytes").IsNumber()) bad = "options.ringBytes must be a number";
+    if (bad.empty() && !o.Get("wakeupBytes").IsNumber()) bad = "options.wakeupBytes must be a number";
+    const Catalogue cat = ReadCatalogue(o.Get("probes"), &bad);
+    if (!bad.empty()) {
+      Napi::TypeError::New(env, "Tracer.open: " + bad).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
     mode_ = mode == "kprobe" ? Mode::kKprobe : mode == "fentry" ? Mode::kFentry : Mode::kTracepoint;
     verbose_ = o.Get("verbose").ToBoolean();
     const uint32_t pid = o.Get("pid").IsNumber() ? o.Get("pid").As<Napi::Number>().Uint32Value() : 0;
@@ -556,7 +623,6 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
                    "KVM is not in this kernel's BTF (no struct kvm_vcpu in " + facts.btfSources +
                        "): load the kvm module (modprobe kvm_intel or kvm_amd) or use a kernel with KVM");
 
-    const Catalogue cat = ReadCatalogue(o.Get("probes").As<Napi::Object>());
     if (mode_ == Mode::kKprobe) {
       PlanKprobes(cat);
       PlanTracepoints(facts, cat, raw, false);
@@ -669,6 +735,10 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value Stack(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!loaded_) return Throw(env, "ECLOSED", EBADF, "tracer is not loaded");
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(env, "Tracer.stack(id): id must be a number").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
     const uint32_t id = info[0].As<Napi::Number>().Uint32Value();
     uint64_t ips[KF_STACK_DEPTH] = {};
     if (bpf_map__lookup_elem(skel_->maps.stacks, &id, sizeof id, ips, sizeof ips, 0)) return env.Null();
