@@ -16,7 +16,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { Kind, UNKNOWN, type EventBatch } from '../lib/record';
 import { InvalidationSources, rangeEventName, recordComm, recordRangeEvent, recordStackId, SourceName } from '../lib/sources';
-import { openTracer, Tracer, TracerOptions } from '../lib/tracer';
+import { openTracer, Tracer, TracerError, TracerOptions } from '../lib/tracer';
 import { runWorkload, WorkloadInfo, WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { requireKvm, traceSupport } from './helpers/host';
 import { runDoctor } from '../lib/doctor';
@@ -219,10 +219,27 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
   });
 
   for (const mode of ['kprobe', 'fentry'] as const) {
-    it(`${mode} mode: the notifier probe names the VM of ksmd's invalidations and the kernel's reason code (mmu_notifier_range.event)`, async function () {
-      const support = traceSupport();
-      const m = mode === 'kprobe' ? support.kprobes : support.fentry;
-      if (!m.available) throw new Error(`${mode} is not available in this kernel: ${m.evidence}`);
+    // what this host offers decides the test (and its title): the notifier probe where the mode
+    // exists; where it does not, the tracer refuses the mode and sources come from the tracepoint
+    const m = mode === 'kprobe' ? traceSupport().kprobes : traceSupport().fentry;
+    if (!m.available) {
+      it(`${mode} mode: ${m.evidence} → openTracer refuses it (MODE_UNAVAILABLE), the notifier probe is not loaded; sources come from the tracepoint`, async () => {
+        await assert.rejects(openTracer({ mode, pid: process.pid }), (e: TracerError) => {
+          assert.equal(e.code, 'MODE_UNAVAILABLE', e.message);
+          return true;
+        });
+        const t = await openTracer({ pid: process.pid });
+        try {
+          const on = t.probes.filter((p) => p.attached).map((p) => p.name);
+          assert.ok(!on.some((p) => p.includes('notifier')), `a notifier probe attached in ${t.mode} mode: ${on.join(' ')}`);
+          assert.ok(on.some((p) => p.includes('unmap_hva_range')), `no invalidation source attached in ${t.mode} mode: ${on.join(' ')}`);
+        } finally {
+          t.close();
+        }
+      });
+      continue;
+    }
+    it(`${mode} mode (${m.evidence}): the notifier probe names the VM of ksmd's invalidations and the kernel's reason code (mmu_notifier_range.event)`, async function () {
       const t = await traceKsmMerging({ mode }, (seen) => (seen.bySource.ksm ?? 0) >= 16 && (seen.bySource['vmm-madvise'] ?? 0) >= 16);
       report(`${mode} notifier sources`, { mode: t.mode, probes: t.probes, bySource: t.bySource, byVm: t.byVm, comms: t.comms, events: t.events, dropped: t.dropped });
       assert.ok(t.probes.includes(mode === 'kprobe' ? 'kp_notifier_start' : 'fe_notifier_start'), `notifier probe not attached: ${t.probes.join(' ')}`);
@@ -235,22 +252,30 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
     });
   }
 
-  it("doctor --sources: a short live sample of the whole host names the VMM's madvise as what invalidates its VM", async () => {
+  // A running guest, as a VMM's is: in tracepoint mode the VMM's own invalidations are tied to
+  // its VM through its vCPUs' faults and exits (a VMM whose vCPUs never enter KVM_RUN while
+  // the sample runs stays "vm unknown" there; kprobe / fentry read the VM off the notifier).
+  it("doctor --sources: a short live sample of the whole host names the VMM's madvise as what invalidates its running VM", async () => {
     const ac = new AbortController();
     let started = false;
-    const wl = runWorkload({ sizeMiB: 2, runs: 2, burst: 50_000_000, signal: ac.signal, onStart: () => { started = true; } })
+    const wl = runWorkload({ sizeMiB: 8, duration: 60, invalidate: 'concurrent', invalidateMethod: 'dontneed', signal: ac.signal,
+      onStart: () => { started = true; } })
       .catch((e: Error) => { if (e.name !== 'AbortError') throw e; return null; });
     try {
       while (!started) await new Promise((r) => setTimeout(r, 50));
-      await new Promise((r) => setTimeout(r, 2000)); // run 1 done, the burst going
+      await new Promise((r) => setTimeout(r, 1000)); // runs and the invalidating thread going
       const doctor = await runDoctor({ tryTracer: false, sourcesSeconds: 3 });
       const check = doctor.checks.find((c) => c.id === 'invalidation-sources');
       report('doctor sources', { check, sample: doctor.sources });
       assert.ok(check && doctor.sources && !doctor.sources.error, `no sample: ${JSON.stringify(check)}`);
       const top = doctor.sources.vms[0];
       assert.notEqual(top.vmId, 'unknown');
-      assert.equal(top.sources[0].source, 'vmm-madvise', JSON.stringify(top));
-      assert.match(check.detail, /vmm-madvise [0-9.]+\/s \(do_madvise, node\)/);
+      // with the guest writing while its pages are zapped, the vCPU thread's own copy-on-write of
+      // the zero page (cow) may outnumber the madvise calls: both are this VM's
+      const madvise = top.sources.find((x) => x.source === 'vmm-madvise');
+      assert.ok(madvise && madvise.count > 0 && madvise.comm === 'node', JSON.stringify(top));
+      // the frame that decided: do_madvise, madvise_vma_behavior, ... (kernels differ)
+      assert.match(check.detail, /vmm-madvise [0-9.]+\/s \(\w*madvise\w*, node\)/);
     } finally {
       ac.abort();
       await wl;
