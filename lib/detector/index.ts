@@ -248,14 +248,18 @@ export class StaleFaultDetector {
     }
     vc.vmInvAtAttempt[s] = this.vms.inv[vm];
     vc.seqAtAttempt[s] = vc.seqLast[s];
+    if (vc.attempts[s] >= this.stuckAttempts) this.judgeStuck(s, vm);
+  }
+
+  /** vCPU s has enough attempts to be stuck: is it, and why. (Apart from onAttempt() to keep that small enough for V8 to inline.) */
+  private judgeStuck(s: number, vm: number): void {
+    const vc = this.vc;
     const a = vc.attempts[s];
-    if (a >= this.stuckAttempts) {
-      const cause = causeOf(vc, s, this.kernel);
-      if (isSignature(cause, vc.seqChanges[s]) || ts - vc.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone) {
-        vc.state[s] = St.STUCK;
-        vc.cause[s] = cause;
-        if (cause === Cause.SIGN) this.vms.signature[vm] = 1;
-      }
+    const cause = causeOf(vc, s, this.kernel);
+    if (isSignature(cause, vc.seqChanges[s]) || this.recTs - vc.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone) {
+      vc.state[s] = St.STUCK;
+      vc.cause[s] = cause;
+      if (cause === Cause.SIGN) this.vms.signature[vm] = 1;
     }
   }
 
@@ -312,32 +316,41 @@ export class StaleFaultDetector {
     if (!first && this.vms.inv[vm] > vc.vmInvAtAttempt[s]) explained = true; // INVALIDATE records since the last attempt
 
     const ip = batch.inProgress(i);
-    if (ip >= 0) {
-      vc.inProg[s] = ip;
-      vc.obsKnown[s] += 1;
-      const rs = batch.rangeStart(i), re = batch.rangeEnd(i);
-      const gfnUnit = (batch.flags(i) & Flag.RANGE_GFN) !== 0;
-      if (rs !== Sentinel.UNKNOWN && re !== Sentinel.UNKNOWN) {
-        vc.rangeStart[s] = rs;
-        vc.rangeEnd[s] = re;
-        vc.bits[s] = gfnUnit ? vc.bits[s] | Bit.RANGE_GFN : vc.bits[s] & ~Bit.RANGE_GFN;
-      }
-      if (ip === 0) {
-        vc.obsNotStale[s] += 1;
-      } else if (rs !== Sentinel.UNKNOWN && re !== Sentinel.UNKNOWN) {
-        const g = vc.gpa[s];
-        const addr = gfnUnit ? (g === Sentinel.UNKNOWN ? Sentinel.UNKNOWN : Math.floor(g / PAGE)) : vc.hva[s];
-        if (addr !== Sentinel.UNKNOWN) {
-          if (addr >= rs && addr < re) {
-            vc.obsStale[s] += 1;
-            if (!first) explained = true;
-          } else {
-            vc.obsNotStale[s] += 1;
-          }
-        }
-      }
-    }
+    if (ip >= 0 && this.observeInProgress(s, batch, i, ip) && !first) explained = true;
     return explained;
+  }
+
+  /**
+   * The in-progress part of observe() (record i shows in_progress = ip >= 0); returns whether the
+   * vCPU's address is inside the invalidated range. Apart from observe() to keep that small
+   * enough for V8 to inline.
+   */
+  private observeInProgress(s: number, batch: EventBatch, i: number, ip: number): boolean {
+    const vc = this.vc;
+    vc.inProg[s] = ip;
+    vc.obsKnown[s] += 1;
+    const rs = batch.rangeStart(i), re = batch.rangeEnd(i);
+    const gfnUnit = (batch.flags(i) & Flag.RANGE_GFN) !== 0;
+    const rangeKnown = rs !== Sentinel.UNKNOWN && re !== Sentinel.UNKNOWN;
+    if (rangeKnown) {
+      vc.rangeStart[s] = rs;
+      vc.rangeEnd[s] = re;
+      vc.bits[s] = gfnUnit ? vc.bits[s] | Bit.RANGE_GFN : vc.bits[s] & ~Bit.RANGE_GFN;
+    }
+    if (ip === 0) {
+      vc.obsNotStale[s] += 1;
+      return false;
+    }
+    if (!rangeKnown) return false;
+    const g = vc.gpa[s];
+    const addr = gfnUnit ? (g === Sentinel.UNKNOWN ? Sentinel.UNKNOWN : Math.floor(g / PAGE)) : vc.hva[s];
+    if (addr === Sentinel.UNKNOWN) return false;
+    if (addr >= rs && addr < re) {
+      vc.obsStale[s] += 1;
+      return true;
+    }
+    vc.obsNotStale[s] += 1;
+    return false;
   }
 
   private vmFor(batch: EventBatch, i: number): number {
