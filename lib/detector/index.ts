@@ -462,7 +462,8 @@ export class StaleFaultDetector {
   }
 
   private deliver(v: Verdict): void {
-    for (const l of this.listeners) l(v);
+    const listeners = this.listeners;
+    for (let k = 0; k < listeners.length; k++) listeners[k](v);
   }
 
   private verdictOf(s: number): Verdict {

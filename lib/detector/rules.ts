@@ -59,14 +59,15 @@ export function decidedByOf(cause: number, kernel: DetectorKernel | null): Kerne
 /** The verdict's explanation (v: the verdict of vCPU s, explanation not yet set). */
 export function explain(v: Verdict, vc: VcpuTable, s: number, kernel: DetectorKernel | null): string {
   const gpa = v.gpa === null ? 'an unknown gpa' : `gpa ${v.gpa}`;
+  if (v.state === 'progressing') {
+    return `progressing: ${v.mapped} fault(s) mapped, ${v.totalAttempts} attempt(s) in all; last ${gpa}`;
+  }
+  // built only for the states that print them: a progressing verdict is the common one
   const secs = ((v.lastSeen - v.firstSeen) / 1e9).toFixed(3);
   const seq = v.mmuSeqLast === null ? 'sequence unknown' : `seq ${v.mmuSeqLast}`;
   const inv = v.inProgress === null
     ? 'in-progress unknown in this trace mode'
     : `in-progress ${v.inProgress}${v.range ? `, range ${v.range.unit} [${v.range.start}, ${v.range.end})` : ''}`;
-  if (v.state === 'progressing') {
-    return `progressing: ${v.mapped} fault(s) mapped, ${v.totalAttempts} attempt(s) in all; last ${gpa}`;
-  }
   if (v.state === 'retrying') {
     return v.retryReason === 'invalidation'
       ? `retrying ${gpa}: ${v.attempts} attempts, ${v.explainedAttempts} explained by invalidations (${v.seqChanges} sequence change(s); ${inv})`

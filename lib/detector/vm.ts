@@ -19,6 +19,8 @@ export class VmTable {
   readonly keyHi: Uint32Array;
   readonly keyKind: Uint8Array;
   readonly pid: Uint32Array;
+  /** idOf() of each slot, made once when the VM is first seen: every verdict carries it */
+  private readonly ids: string[];
   /** vCPUs tracked now */
   readonly vcpus: Int32Array;
   readonly lastTs: Float64Array;
@@ -37,6 +39,7 @@ export class VmTable {
     this.keyHi = new Uint32Array(m);
     this.keyKind = new Uint8Array(m);
     this.pid = new Uint32Array(m);
+    this.ids = new Array<string>(m).fill('');
     this.vcpus = new Int32Array(m);
     this.lastTs = new Float64Array(m);
     this.seq = new Float64Array(m);
@@ -52,6 +55,7 @@ export class VmTable {
     this.keyHi[v] = hi;
     this.keyKind[v] = keyKind;
     this.pid[v] = pid;
+    this.ids[v] = keyKind === VmKey.PID ? `pid:${lo}` : hex64Padded(lo, hi);
     this.vcpus[v] = 0;
     this.lastTs[v] = ts;
     this.seq[v] = Sentinel.UNKNOWN;
@@ -82,6 +86,6 @@ export class VmTable {
 
   /** "pid:<pid>" for pid keys, else the vm id as 16 hex digits */
   idOf(v: number): string {
-    return this.keyKind[v] === VmKey.PID ? `pid:${this.keyLo[v]}` : hex64Padded(this.keyLo[v], this.keyHi[v]);
+    return this.ids[v];
   }
 }
