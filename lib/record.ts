@@ -15,12 +15,14 @@ export const RECORD_SIZE = 120;
 export const RECORD_VERSION = 1;
 
 /**
- * The record's constants as const enums as well: tsc writes a const enum member in as its literal,
- * while an exported `const` (RECORD_OFFSETS.gpa, Kind.FAULT, UNKNOWN) compiles to property loads from
- * the module's exports object on every use, which V8 cannot fold. Hot paths (the accessors below,
- * the detector) use these; the exported objects are built from them, so the values are written once.
+ * Byte offsets of each field inside a record (events.h struct kvmfault_event).
+ *
+ * The record's constants come as const enums (Offset, KindCode, FlagBit, Sentinel) and as the
+ * exported objects built from them (RECORD_OFFSETS, Kind, Flag, UNKNOWN). tsc writes a const enum
+ * member in as its literal; an exported const compiles to property loads from the module's
+ * exports object on every use, which V8 does not fold. Hot paths (the accessors below, the
+ * detector) use the enums.
  */
-/** Byte offsets of each field inside a record (events.h struct kvmfault_event). */
 export const enum Offset {
   ts_ns = 0,
   pid = 8,
@@ -43,7 +45,7 @@ export const enum Offset {
   repeat = 116,
 }
 
-/** Byte offsets of each field inside a record (events.h struct kvmfault_event). */
+/** Offset as an object (field tables, tests, callers that index it by name). */
 export const RECORD_OFFSETS = {
   ts_ns: Offset.ts_ns,
   pid: Offset.pid,
@@ -155,9 +157,8 @@ export const Flag = {
 export const enum Sentinel {
   UNKNOWN = -1,
 }
-export const UNKNOWN = Sentinel.UNKNOWN;
+export const UNKNOWN: -1 = Sentinel.UNKNOWN;
 export const UNKNOWN_RET = -0x80000000;
-
 
 /** A record as a plain object: for convenience, never used on hot paths. */
 export interface FaultEvent {
