@@ -14,27 +14,58 @@ import { hex64, hex64Padded } from './hex';
 export const RECORD_SIZE = 120;
 export const RECORD_VERSION = 1;
 
-/** Byte offsets of each field inside a record (events.h struct kvmfault_event). */
+/**
+ * Byte offsets of each field inside a record (events.h struct kvmfault_event).
+ *
+ * The record's constants come as const enums (Offset, KindCode, FlagBit, Sentinel) and as the
+ * exported objects built from them (RECORD_OFFSETS, Kind, Flag, UNKNOWN). tsc writes a const enum
+ * member in as its literal; an exported const compiles to property loads from the module's
+ * exports object on every use, which V8 does not fold. Hot paths (the accessors below, the
+ * detector) use the enums.
+ */
+export const enum Offset {
+  ts_ns = 0,
+  pid = 8,
+  tid = 12,
+  vm_id = 16,
+  vcpu_id = 24,
+  kind = 28,
+  flags = 30,
+  gpa = 32,
+  error_code = 40,
+  hva = 48,
+  pfn = 56,
+  rip = 64,
+  mmu_seq = 72,
+  fault_seq = 80,
+  in_progress = 88,
+  range_start = 96,
+  range_end = 104,
+  ret = 112,
+  repeat = 116,
+}
+
+/** Offset as an object (field tables, tests, callers that index it by name). */
 export const RECORD_OFFSETS = {
-  ts_ns: 0,
-  pid: 8,
-  tid: 12,
-  vm_id: 16,
-  vcpu_id: 24,
-  kind: 28,
-  flags: 30,
-  gpa: 32,
-  error_code: 40,
-  hva: 48,
-  pfn: 56,
-  rip: 64,
-  mmu_seq: 72,
-  fault_seq: 80,
-  in_progress: 88,
-  range_start: 96,
-  range_end: 104,
-  ret: 112,
-  repeat: 116,
+  ts_ns: Offset.ts_ns,
+  pid: Offset.pid,
+  tid: Offset.tid,
+  vm_id: Offset.vm_id,
+  vcpu_id: Offset.vcpu_id,
+  kind: Offset.kind,
+  flags: Offset.flags,
+  gpa: Offset.gpa,
+  error_code: Offset.error_code,
+  hva: Offset.hva,
+  pfn: Offset.pfn,
+  rip: Offset.rip,
+  mmu_seq: Offset.mmu_seq,
+  fault_seq: Offset.fault_seq,
+  in_progress: Offset.in_progress,
+  range_start: Offset.range_start,
+  range_end: Offset.range_end,
+  ret: Offset.ret,
+  repeat: Offset.repeat,
 } as const;
 export type RecordField = keyof typeof RECORD_OFFSETS;
 
@@ -50,16 +81,27 @@ export const INVALIDATE_OFFSETS = {
 } as const;
 
 /** Record kinds (enum kvmfault_kind). Stored in capture files: values never change. */
+export const enum KindCode {
+  FAULT = 1,
+  FAULTIN = 2,
+  FAULTIN_RET = 3,
+  MAP = 4,
+  FAULT_RET = 5,
+  INVALIDATE_START = 6,
+  INVALIDATE_END = 7,
+  EXIT = 8,
+  TEST = 15,
+}
 export const Kind = {
-  FAULT: 1,
-  FAULTIN: 2,
-  FAULTIN_RET: 3,
-  MAP: 4,
-  FAULT_RET: 5,
-  INVALIDATE_START: 6,
-  INVALIDATE_END: 7,
-  EXIT: 8,
-  TEST: 15,
+  FAULT: KindCode.FAULT,
+  FAULTIN: KindCode.FAULTIN,
+  FAULTIN_RET: KindCode.FAULTIN_RET,
+  MAP: KindCode.MAP,
+  FAULT_RET: KindCode.FAULT_RET,
+  INVALIDATE_START: KindCode.INVALIDATE_START,
+  INVALIDATE_END: KindCode.INVALIDATE_END,
+  EXIT: KindCode.EXIT,
+  TEST: KindCode.TEST,
 } as const;
 export type KindName =
   | 'fault' | 'faultin' | 'faultin_ret' | 'map' | 'fault_ret'
@@ -88,14 +130,23 @@ export function kindFromName(name: string): number | undefined {
 }
 
 /** KF_FLAG_* */
+export const enum FlagBit {
+  RANGE_GFN = 1 << 0,
+  WRITE = 1 << 1,
+  EXEC = 1 << 2,
+  PRESENT = 1 << 3,
+  TDP = 1 << 4,
+  RIP_STALE = 1 << 5,
+  COALESCED = 1 << 6,
+}
 export const Flag = {
-  RANGE_GFN: 1 << 0,
-  WRITE: 1 << 1,
-  EXEC: 1 << 2,
-  PRESENT: 1 << 3,
-  TDP: 1 << 4,
-  RIP_STALE: 1 << 5,
-  COALESCED: 1 << 6,
+  RANGE_GFN: FlagBit.RANGE_GFN,
+  WRITE: FlagBit.WRITE,
+  EXEC: FlagBit.EXEC,
+  PRESENT: FlagBit.PRESENT,
+  TDP: FlagBit.TDP,
+  RIP_STALE: FlagBit.RIP_STALE,
+  COALESCED: FlagBit.COALESCED,
 } as const;
 
 /**
@@ -103,10 +154,11 @@ export const Flag = {
  * for ret. The numeric accessors map every unsigned 64-bit sentinel to UNKNOWN (-1), so a
  * caller tests `x === UNKNOWN` and zero always means zero.
  */
-export const UNKNOWN = -1;
+export const enum Sentinel {
+  UNKNOWN = -1,
+}
+export const UNKNOWN: -1 = Sentinel.UNKNOWN;
 export const UNKNOWN_RET = -0x80000000;
-
-const TWO32 = 4294967296;
 
 /** A record as a plain object: for convenience, never used on hot paths. */
 export interface FaultEvent {
@@ -208,48 +260,50 @@ export class RecordBatch implements EventBatch {
     return new RecordBatch(new DataView(bytes.buffer, bytes.byteOffset, count * RECORD_SIZE), 0, RECORD_SIZE, count);
   }
 
+  // The accessors compute the offset themselves and u64 is kept short: V8 inlines them within a
+  // bytecode budget per optimized caller, and one left out of line returns its double boxed.
   /** Byte offset of record i's payload in the view. */
   private at(i: number): number {
     return this.base + i * this.stride;
   }
   private u32(i: number, off: number): number {
-    return this.view.getUint32(this.at(i) + off, true);
+    return this.view.getUint32(this.base + i * this.stride + off, true);
   }
   private u64(i: number, off: number): number {
-    const base = this.at(i) + off;
-    const lo = this.view.getUint32(base, true);
-    const hi = this.view.getUint32(base + 4, true);
-    if (hi === 0xffffffff && lo === 0xffffffff) return UNKNOWN;
-    return hi * TWO32 + lo;
+    const v = this.view, p = this.base + i * this.stride + off;
+    const lo = v.getUint32(p, true), hi = v.getUint32(p + 4, true);
+    // both halves all ones (the & of two u32 is an int32): the sentinel. 2^32 as a literal: a
+    // module const would be a context load on every call
+    return (hi & lo) === -1 ? Sentinel.UNKNOWN : hi * 0x100000000 + lo;
   }
 
-  kind(i: number): number { return this.view.getUint16(this.at(i) + RECORD_OFFSETS.kind, true); }
-  flags(i: number): number { return this.view.getUint16(this.at(i) + RECORD_OFFSETS.flags, true); }
-  tsNs(i: number): number { return this.u64(i, RECORD_OFFSETS.ts_ns); }
-  pid(i: number): number { return this.u32(i, RECORD_OFFSETS.pid); }
-  tid(i: number): number { return this.u32(i, RECORD_OFFSETS.tid); }
-  vmIdLo(i: number): number { return this.u32(i, RECORD_OFFSETS.vm_id); }
-  vmIdHi(i: number): number { return this.u32(i, RECORD_OFFSETS.vm_id + 4); }
+  kind(i: number): number { return this.view.getUint16(this.base + i * this.stride + Offset.kind, true); }
+  flags(i: number): number { return this.view.getUint16(this.at(i) + Offset.flags, true); }
+  tsNs(i: number): number { return this.u64(i, Offset.ts_ns); }
+  pid(i: number): number { return this.u32(i, Offset.pid); }
+  tid(i: number): number { return this.u32(i, Offset.tid); }
+  vmIdLo(i: number): number { return this.u32(i, Offset.vm_id); }
+  vmIdHi(i: number): number { return this.u32(i, Offset.vm_id + 4); }
   vcpuId(i: number): number {
-    const v = this.u32(i, RECORD_OFFSETS.vcpu_id);
-    return v === 0xffffffff ? UNKNOWN : v;
+    const v = this.u32(i, Offset.vcpu_id);
+    return v === 0xffffffff ? Sentinel.UNKNOWN : v;
   }
-  gpa(i: number): number { return this.u64(i, RECORD_OFFSETS.gpa); }
-  errorCode(i: number): number { return this.u64(i, RECORD_OFFSETS.error_code); }
-  hva(i: number): number { return this.u64(i, RECORD_OFFSETS.hva); }
-  pfn(i: number): number { return this.u64(i, RECORD_OFFSETS.pfn); }
-  ripLo(i: number): number { return this.u32(i, RECORD_OFFSETS.rip); }
-  ripHi(i: number): number { return this.u32(i, RECORD_OFFSETS.rip + 4); }
-  mmuSeq(i: number): number { return this.u64(i, RECORD_OFFSETS.mmu_seq); }
-  faultSeq(i: number): number { return this.u64(i, RECORD_OFFSETS.fault_seq); }
+  gpa(i: number): number { return this.u64(i, Offset.gpa); }
+  errorCode(i: number): number { return this.u64(i, Offset.error_code); }
+  hva(i: number): number { return this.u64(i, Offset.hva); }
+  pfn(i: number): number { return this.u64(i, Offset.pfn); }
+  ripLo(i: number): number { return this.u32(i, Offset.rip); }
+  ripHi(i: number): number { return this.u32(i, Offset.rip + 4); }
+  mmuSeq(i: number): number { return this.u64(i, Offset.mmu_seq); }
+  faultSeq(i: number): number { return this.u64(i, Offset.fault_seq); }
   inProgress(i: number): number {
     // s64; -1 is the sentinel. Counts fit in 32 bits; read the low half signed.
-    return this.view.getInt32(this.at(i) + RECORD_OFFSETS.in_progress, true);
+    return this.view.getInt32(this.base + i * this.stride + Offset.in_progress, true);
   }
-  rangeStart(i: number): number { return this.u64(i, RECORD_OFFSETS.range_start); }
-  rangeEnd(i: number): number { return this.u64(i, RECORD_OFFSETS.range_end); }
-  ret(i: number): number { return this.view.getInt32(this.at(i) + RECORD_OFFSETS.ret, true); }
-  repeat(i: number): number { return this.u32(i, RECORD_OFFSETS.repeat); }
+  rangeStart(i: number): number { return this.u64(i, Offset.range_start); }
+  rangeEnd(i: number): number { return this.u64(i, Offset.range_end); }
+  ret(i: number): number { return this.view.getInt32(this.at(i) + Offset.ret, true); }
+  repeat(i: number): number { return this.u32(i, Offset.repeat); }
   u32At(i: number, offset: number): number { return this.u32(i, offset); }
 
   get(i: number): FaultEvent {

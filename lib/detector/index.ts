@@ -27,18 +27,18 @@
  *   whose timestamps were never printed, inside a 0.2 ms excerpt.
  * Unknown fields (UNKNOWN sentinels) are never taken as 0: a check that needs them is skipped.
  */
-import { EventBatch, Flag, Kind, UNKNOWN } from '../record';
+import { EventBatch, FlagBit as Flag, KindCode as Kind, Sentinel } from '../record';
 import { handledRets, KernelEvidence, RET_PF_6_1, RetPfTable, SIGN_BIT_SEQ } from '../kernels';
 import { hex64, hexNum } from '../hex';
-import { AFTER_GAP, FAULT_COUNTED, MAPPED, RANGE_GFN, SIGN_EXTENDED } from './flags';
+import { Bit } from './flags';
 import {
-  C_NONE, C_SIGN, CAUSE_NAMES, causeOf, confidenceOf, decidedByOf, evictedExplanation, explain,
+  Cause, CAUSE_NAMES, causeOf, confidenceOf, decidedByOf, evictedExplanation, explain,
   forecastWarning, isSignature, STATE_NAMES,
 } from './rules';
 import { SlotTable } from './slots';
 import type { DetectorKernel, DetectorOptions, DetectorStats, Verdict, VerdictListener, VmForecast } from './types';
-import { ST_NONE, ST_PROGRESSING, ST_RETRYING, ST_STUCK, VcpuTable } from './vcpu';
-import { PID_KEY_HI, VMKEY_ID, VMKEY_PID, VmTable } from './vm';
+import { St, VcpuTable } from './vcpu';
+import { VmKey, VmTable } from './vm';
 
 export type {
   DetectorKernel, DetectorOptions, DetectorStats, InvalidationRange, StuckCause, Verdict, VerdictListener, VcpuState, VmForecast,
@@ -49,7 +49,7 @@ const TWO53 = 9007199254740992;
 const PAGE = 4096;
 
 function hexOrNull(v: number): string | null {
-  return v === UNKNOWN ? null : hexNum(v);
+  return v === Sentinel.UNKNOWN ? null : hexNum(v);
 }
 
 export class StaleFaultDetector {
@@ -79,9 +79,12 @@ export class StaleFaultDetector {
   private lastSweep = -1;
   private cachedTid = -1;
   private cachedSlot = -1;
-  // the current record's sequences, read once per record by push()
-  private recMmuSeq = UNKNOWN;
-  private recFaultSeq = UNKNOWN;
+  // the current record's time and sequences, read once per record by push(). Kept in fields, not
+  // passed as arguments: a double argument to a call V8 does not inline is boxed (a HeapNumber
+  // allocated per record)
+  private recTs = 0;
+  private recMmuSeq = Sentinel.UNKNOWN;
+  private recFaultSeq = Sentinel.UNKNOWN;
   private cachedVmLo = -1;
   private cachedVmHi = -1;
   private cachedVm = -1;
@@ -143,28 +146,31 @@ export class StaleFaultDetector {
         continue;
       }
       let ts = batch.tsNs(i);
-      if (ts === UNKNOWN) ts = this.now < 0 ? 0 : this.now;
+      if (ts === Sentinel.UNKNOWN) ts = this.now < 0 ? 0 : this.now;
       else if (ts > this.now) this.now = ts;
       if (this.now - this.lastSweep >= this.idleNs) this.sweepIdle();
 
+      this.recTs = ts;
       this.recMmuSeq = batch.mmuSeq(i);
       this.recFaultSeq = batch.faultSeq(i);
+      this.vms.recTs = ts;
+      this.vms.recSeq = this.vmSeqOfRecord();
       if (kind === Kind.INVALIDATE_START || kind === Kind.INVALIDATE_END) {
-        const vm = this.vmFor(batch, i, ts);
+        const vm = this.vmFor(batch, i);
         if (kind === Kind.INVALIDATE_START) this.vms.inv[vm] += this.repeatOf(batch, i);
         continue;
       }
       const tid = batch.tid(i);
-      const s = tid === this.cachedTid ? this.cachedSlot : this.vcpuFor(batch, i, tid, ts);
+      const s = tid === this.cachedTid ? this.cachedSlot : this.vcpuFor(batch, i);
       if (ts > vc.lastTs[s]) vc.lastTs[s] = ts;
       // a thread belongs to one VM: no VM lookup for a known vCPU
       const vm = vc.vmSlot[s];
-      this.vms.update(vm, this.vmSeqOfRecord(), ts);
+      this.vms.update(vm);
 
       switch (kind) {
         case Kind.FAULT:
         case Kind.FAULTIN:
-          this.onAttempt(s, vm, batch, i, kind, ts);
+          this.onAttempt(s, vm, batch, i, kind);
           break;
         case Kind.MAP:
           this.onMapped(s, batch, i);
@@ -195,9 +201,9 @@ export class StaleFaultDetector {
   /** The VM's sequence in the current record: mmu_seq, else the fault's snapshot (not when sign-extended). */
   private vmSeqOfRecord(): number {
     const seq = this.recMmuSeq;
-    if (seq !== UNKNOWN) return seq;
+    if (seq !== Sentinel.UNKNOWN) return seq;
     const f = this.recFaultSeq;
-    return f >= TWO53 ? UNKNOWN : f;
+    return f >= TWO53 ? Sentinel.UNKNOWN : f;
   }
 
   private repeatOf(batch: EventBatch, i: number): number {
@@ -205,67 +211,76 @@ export class StaleFaultDetector {
     return r >= 1 && r !== 0xffffffff ? r : 1;
   }
 
-  private onAttempt(s: number, vm: number, batch: EventBatch, i: number, kind: number, ts: number): void {
+  private onAttempt(s: number, vm: number, batch: EventBatch, i: number, kind: number): void {
     const vc = this.vc;
+    const ts = this.recTs;
     const gpa = batch.gpa(i);
-    if (gpa === UNKNOWN) return; // cannot tell same from different: not an attempt we can judge
+    if (gpa === Sentinel.UNKNOWN) return; // cannot tell same from different: not an attempt we can judge
     const bits = vc.bits[s];
-    if (kind === Kind.FAULTIN && (bits & FAULT_COUNTED) !== 0 && gpa === vc.gpa[s]) {
+    if (kind === Kind.FAULTIN && (bits & Bit.FAULT_COUNTED) !== 0 && gpa === vc.gpa[s]) {
       // the fault-in step of the attempt whose FAULT record was already counted
-      vc.bits[s] = bits & ~FAULT_COUNTED;
+      vc.bits[s] = bits & ~Bit.FAULT_COUNTED;
       this.observe(s, vm, batch, i, false);
       return;
     }
     const rep = this.repeatOf(batch, i);
-    if (vc.state[s] === ST_STUCK && gpa !== vc.gpa[s] && (bits & (MAPPED | AFTER_GAP)) === 0) {
+    if (vc.state[s] === St.STUCK && gpa !== vc.gpa[s] && (bits & (Bit.MAPPED | Bit.AFTER_GAP)) === 0) {
       // Only a mapped fault frees a stuck vCPU. An entry with another gpa while stuck is not
       // the guest moving on (it cannot, its fault never completes) but a walk for something
       // else: the instruction emulator, a kick, teardown. It is kept apart from the attempts.
       vc.offPath[s] += rep;
       return;
     }
-    vc.bits[s] = kind === Kind.FAULT ? bits | FAULT_COUNTED : bits & ~FAULT_COUNTED;
+    vc.bits[s] = kind === Kind.FAULT ? bits | Bit.FAULT_COUNTED : bits & ~Bit.FAULT_COUNTED;
     vc.totalAttempts[s] += rep;
-    if (gpa !== vc.gpa[s] || (bits & (MAPPED | AFTER_GAP)) !== 0) {
+    if (gpa !== vc.gpa[s] || (bits & (Bit.MAPPED | Bit.AFTER_GAP)) !== 0) {
       // progress: a new gpa, or the previous attempt on this one ended mapped (or records were
       // lost since it: the attempts start counting afresh, see discontinuity())
-      vc.resetRun(s, gpa, ts, true);
+      vc.gpa[s] = gpa;
+      vc.firstTs[s] = ts;
+      vc.resetRun(s, true);
       vc.attempts[s] = rep;
       this.observe(s, vm, batch, i, true);
     } else {
       vc.attempts[s] += rep;
       if (this.observe(s, vm, batch, i, false)) vc.explained[s] += rep;
-      if (vc.attempts[s] >= this.retryingAttempts) vc.state[s] = ST_RETRYING;
+      if (vc.attempts[s] >= this.retryingAttempts) vc.state[s] = St.RETRYING;
     }
     vc.vmInvAtAttempt[s] = this.vms.inv[vm];
     vc.seqAtAttempt[s] = vc.seqLast[s];
+    if (vc.attempts[s] >= this.stuckAttempts) this.judgeStuck(s, vm);
+  }
+
+  /** vCPU s has enough attempts to be stuck: is it, and why. (Apart from onAttempt() to keep that small enough for V8 to inline.) */
+  private judgeStuck(s: number, vm: number): void {
+    const vc = this.vc;
     const a = vc.attempts[s];
-    if (a >= this.stuckAttempts) {
-      const cause = causeOf(vc, s, this.kernel);
-      if (isSignature(cause, vc.seqChanges[s]) || ts - vc.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone) {
-        vc.state[s] = ST_STUCK;
-        vc.cause[s] = cause;
-        if (cause === C_SIGN) this.vms.signature[vm] = 1;
-      }
+    const cause = causeOf(vc, s, this.kernel);
+    if (isSignature(cause, vc.seqChanges[s]) || this.recTs - vc.firstTs[s] >= this.stuckNs || a >= this.stuckAttemptsAlone) {
+      vc.state[s] = St.STUCK;
+      vc.cause[s] = cause;
+      if (cause === Cause.SIGN) this.vms.signature[vm] = 1;
     }
   }
 
   private onMapped(s: number, batch: EventBatch, i: number): void {
     const vc = this.vc;
     const gpa = batch.gpa(i);
-    let newFault = (vc.bits[s] & MAPPED) === 0;
-    if (gpa !== UNKNOWN && gpa !== vc.gpa[s]) {
+    let newFault = (vc.bits[s] & Bit.MAPPED) === 0;
+    if (gpa !== Sentinel.UNKNOWN && gpa !== vc.gpa[s]) {
       // mapped an address we never saw fault (first record of a log, missed entry): progress
-      vc.resetRun(s, gpa, vc.lastTs[s], false);
+      vc.gpa[s] = gpa;
+      vc.firstTs[s] = vc.lastTs[s];
+      vc.resetRun(s, false);
       newFault = true;
     }
-    vc.bits[s] |= MAPPED;
+    vc.bits[s] |= Bit.MAPPED;
     // one fault, one count: kprobe/fentry modes report a MAP and a FAULT_RET (FIXED) for it
     if (newFault) vc.mappedCount[s] += 1;
-    vc.state[s] = ST_PROGRESSING;
-    vc.cause[s] = C_NONE;
+    vc.state[s] = St.PROGRESSING;
+    vc.cause[s] = Cause.NONE;
     const hva = batch.hva(i);
-    if (hva !== UNKNOWN) vc.hva[s] = hva;
+    if (hva !== Sentinel.UNKNOWN) vc.hva[s] = hva;
   }
 
   /**
@@ -276,68 +291,78 @@ export class StaleFaultDetector {
     const vc = this.vc;
     let explained = false;
     const hva = batch.hva(i);
-    if (hva !== UNKNOWN) vc.hva[s] = hva;
+    if (hva !== Sentinel.UNKNOWN) vc.hva[s] = hva;
     const mmuSeq = this.recMmuSeq;
     let fseq = this.recFaultSeq;
-    if (fseq !== UNKNOWN && fseq >= TWO53) {
+    if (fseq !== Sentinel.UNKNOWN && fseq >= TWO53) {
       // an int snapshot sign-extended to 64 bits (0xffffffff8002dc25): the bug itself, seen directly
-      vc.bits[s] |= SIGN_EXTENDED;
-      fseq = UNKNOWN;
+      vc.bits[s] |= Bit.SIGN_EXTENDED;
+      fseq = Sentinel.UNKNOWN;
     }
-    if (fseq !== UNKNOWN) {
-      if (vc.fseqFirst[s] === UNKNOWN) vc.fseqFirst[s] = fseq;
+    if (fseq !== Sentinel.UNKNOWN) {
+      if (vc.fseqFirst[s] === Sentinel.UNKNOWN) vc.fseqFirst[s] = fseq;
       vc.fseqLast[s] = fseq;
     }
-    const seq = mmuSeq !== UNKNOWN ? mmuSeq : fseq;
-    if (seq !== UNKNOWN) {
+    const seq = mmuSeq !== Sentinel.UNKNOWN ? mmuSeq : fseq;
+    if (seq !== Sentinel.UNKNOWN) {
       const last = vc.seqLast[s];
-      if (last !== UNKNOWN && seq !== last) vc.seqChanges[s] += 1;
+      if (last !== Sentinel.UNKNOWN && seq !== last) vc.seqChanges[s] += 1;
       const prev = vc.seqAtAttempt[s];
-      if (!first && prev !== UNKNOWN && seq !== prev) explained = true; // the sequence moved since the previous attempt
-      if (vc.seqFirst[s] === UNKNOWN) vc.seqFirst[s] = seq;
+      if (!first && prev !== Sentinel.UNKNOWN && seq !== prev) explained = true; // the sequence moved since the previous attempt
+      if (vc.seqFirst[s] === Sentinel.UNKNOWN) vc.seqFirst[s] = seq;
       vc.seqLast[s] = seq;
     }
-    if (!first && mmuSeq !== UNKNOWN && fseq !== UNKNOWN && fseq !== mmuSeq) explained = true; // moved since the fault's snapshot
+    if (!first && mmuSeq !== Sentinel.UNKNOWN && fseq !== Sentinel.UNKNOWN && fseq !== mmuSeq) explained = true; // moved since the fault's snapshot
     if (!first && this.vms.inv[vm] > vc.vmInvAtAttempt[s]) explained = true; // INVALIDATE records since the last attempt
 
     const ip = batch.inProgress(i);
-    if (ip >= 0) {
-      vc.inProg[s] = ip;
-      vc.obsKnown[s] += 1;
-      const rs = batch.rangeStart(i), re = batch.rangeEnd(i);
-      const gfnUnit = (batch.flags(i) & Flag.RANGE_GFN) !== 0;
-      if (rs !== UNKNOWN && re !== UNKNOWN) {
-        vc.rangeStart[s] = rs;
-        vc.rangeEnd[s] = re;
-        vc.bits[s] = gfnUnit ? vc.bits[s] | RANGE_GFN : vc.bits[s] & ~RANGE_GFN;
-      }
-      if (ip === 0) {
-        vc.obsNotStale[s] += 1;
-      } else if (rs !== UNKNOWN && re !== UNKNOWN) {
-        const g = vc.gpa[s];
-        const addr = gfnUnit ? (g === UNKNOWN ? UNKNOWN : Math.floor(g / PAGE)) : vc.hva[s];
-        if (addr !== UNKNOWN) {
-          if (addr >= rs && addr < re) {
-            vc.obsStale[s] += 1;
-            if (!first) explained = true;
-          } else {
-            vc.obsNotStale[s] += 1;
-          }
-        }
-      }
-    }
+    if (ip >= 0 && this.observeInProgress(s, batch, i, ip) && !first) explained = true;
     return explained;
   }
 
-  private vmFor(batch: EventBatch, i: number, ts: number): number {
-    let lo = batch.vmIdLo(i), hi = batch.vmIdHi(i), keyKind = VMKEY_ID;
+  /**
+   * The in-progress part of observe() (record i shows in_progress = ip >= 0); returns whether the
+   * vCPU's address is inside the invalidated range. Apart from observe() to keep that small
+   * enough for V8 to inline.
+   */
+  private observeInProgress(s: number, batch: EventBatch, i: number, ip: number): boolean {
+    const vc = this.vc;
+    vc.inProg[s] = ip;
+    vc.obsKnown[s] += 1;
+    const rs = batch.rangeStart(i), re = batch.rangeEnd(i);
+    const gfnUnit = (batch.flags(i) & Flag.RANGE_GFN) !== 0;
+    const rangeKnown = rs !== Sentinel.UNKNOWN && re !== Sentinel.UNKNOWN;
+    if (rangeKnown) {
+      vc.rangeStart[s] = rs;
+      vc.rangeEnd[s] = re;
+      vc.bits[s] = gfnUnit ? vc.bits[s] | Bit.RANGE_GFN : vc.bits[s] & ~Bit.RANGE_GFN;
+    }
+    if (ip === 0) {
+      vc.obsNotStale[s] += 1;
+      return false;
+    }
+    if (!rangeKnown) return false;
+    const g = vc.gpa[s];
+    const addr = gfnUnit ? (g === Sentinel.UNKNOWN ? Sentinel.UNKNOWN : Math.floor(g / PAGE)) : vc.hva[s];
+    if (addr === Sentinel.UNKNOWN) return false;
+    if (addr >= rs && addr < re) {
+      vc.obsStale[s] += 1;
+      return true;
+    }
+    vc.obsNotStale[s] += 1;
+    return false;
+  }
+
+  private vmFor(batch: EventBatch, i: number): number {
+    const ts = this.recTs;
+    let lo = batch.vmIdLo(i), hi = batch.vmIdHi(i), keyKind = VmKey.ID;
     const pid = batch.pid(i);
     if (lo === 0xffffffff && hi === 0xffffffff) {
       lo = pid;
       hi = 0;
-      keyKind = VMKEY_PID;
+      keyKind = VmKey.PID;
     }
-    const keyHi = keyKind === VMKEY_PID ? PID_KEY_HI : hi;
+    const keyHi = keyKind === VmKey.PID ? VmKey.PID_HI : hi;
     let v: number;
     if (lo === this.cachedVmLo && keyHi === this.cachedVmHi) v = this.cachedVm;
     else {
@@ -347,7 +372,7 @@ export class StaleFaultDetector {
       this.cachedVmHi = keyHi;
       this.cachedVm = v;
     }
-    this.vms.update(v, this.vmSeqOfRecord(), ts);
+    this.vms.update(v);
     return v;
   }
 
@@ -362,11 +387,14 @@ export class StaleFaultDetector {
     return v;
   }
 
-  private vcpuFor(batch: EventBatch, i: number, tid: number, ts: number): number {
+  /** The slot of record i's thread (tid read again here: a u32 argument above 2^31 would be boxed). */
+  private vcpuFor(batch: EventBatch, i: number): number {
     const vc = this.vc;
+    const ts = this.recTs;
+    const tid = batch.tid(i);
     let s = this.vcpuSlots.find(tid, 0);
     if (s < 0) {
-      const vm = this.vmFor(batch, i, ts);
+      const vm = this.vmFor(batch, i);
       if (this.vcpuSlots.full) {
         this.sweepIdle();
         if (this.vcpuSlots.full) this.evictVcpu(this.vcpuSlots.leastRecent(vc.lastTs), false);
@@ -386,7 +414,7 @@ export class StaleFaultDetector {
     const vc = this.vc;
     if (idle) this.evictedIdle++;
     else this.evictedForCapacity++;
-    if (this.listeners.length > 0 && vc.emittedState[s] !== ST_NONE) {
+    if (this.listeners.length > 0 && vc.emittedState[s] !== St.NONE) {
       const v = this.verdictOf(s);
       v.evicted = true;
       v.explanation = evictedExplanation(idle, v.explanation);
@@ -434,15 +462,16 @@ export class StaleFaultDetector {
   }
 
   private deliver(v: Verdict): void {
-    for (const l of this.listeners) l(v);
+    const listeners = this.listeners;
+    for (let k = 0; k < listeners.length; k++) listeners[k](v);
   }
 
   private verdictOf(s: number): Verdict {
     const vc = this.vc;
     const state = STATE_NAMES[vc.state[s]] ?? 'progressing';
-    const cause = vc.state[s] === ST_STUCK ? CAUSE_NAMES[vc.cause[s]] : null;
+    const cause = vc.state[s] === St.STUCK ? CAUSE_NAMES[vc.cause[s]] : null;
     const vm = vc.vmSlot[s];
-    const hasRange = vc.rangeStart[s] !== UNKNOWN && vc.rangeEnd[s] !== UNKNOWN;
+    const hasRange = vc.rangeStart[s] !== Sentinel.UNKNOWN && vc.rangeEnd[s] !== Sentinel.UNKNOWN;
     const v: Verdict = {
       pid: vc.pid[s],
       tid: vc.tid[s],
@@ -468,9 +497,9 @@ export class StaleFaultDetector {
       faultSeqFirst: hexOrNull(vc.fseqFirst[s]),
       faultSeqLast: hexOrNull(vc.fseqLast[s]),
       seqChanges: vc.seqChanges[s],
-      inProgress: vc.inProg[s] === UNKNOWN ? null : vc.inProg[s],
+      inProgress: vc.inProg[s] === Sentinel.UNKNOWN ? null : vc.inProg[s],
       range: hasRange
-        ? { start: hexNum(vc.rangeStart[s]), end: hexNum(vc.rangeEnd[s]), unit: (vc.bits[s] & RANGE_GFN) !== 0 ? 'gfn' : 'hva' }
+        ? { start: hexNum(vc.rangeStart[s]), end: hexNum(vc.rangeEnd[s]), unit: (vc.bits[s] & Bit.RANGE_GFN) !== 0 ? 'gfn' : 'hva' }
         : null,
       evicted: false,
       explanation: '',
@@ -492,14 +521,14 @@ export class StaleFaultDetector {
    */
   discontinuity(): void {
     const used = this.vcpuSlots.used, bits = this.vc.bits;
-    for (let s = 0; s < this.capacity; s++) if (used[s]) bits[s] = (bits[s] & ~FAULT_COUNTED) | AFTER_GAP;
+    for (let s = 0; s < this.capacity; s++) if (used[s]) bits[s] = (bits[s] & ~Bit.FAULT_COUNTED) | Bit.AFTER_GAP;
   }
 
   /** Current verdict of every tracked vCPU (allocates; call on demand, not per record). */
   snapshot(): Verdict[] {
     const out: Verdict[] = [];
     const used = this.vcpuSlots.used;
-    for (let s = 0; s < this.capacity; s++) if (used[s] && this.vc.emittedState[s] !== ST_NONE) out.push(this.verdictOf(s));
+    for (let s = 0; s < this.capacity; s++) if (used[s] && this.vc.emittedState[s] !== St.NONE) out.push(this.verdictOf(s));
     out.sort((a, b) => a.pid - b.pid || a.tid - b.tid);
     return out;
   }
@@ -517,7 +546,7 @@ export class StaleFaultDetector {
       const affected = seen ? true : kernelAffected;
       const decidedBy = seen ? 'behaviour' : kernelBy;
       const seq = vms.seq[v];
-      let rate = seq === UNKNOWN ? null : vms.seqRate.perSec(v, seq, vms.seqTs[v]);
+      let rate = seq === Sentinel.UNKNOWN ? null : vms.seqRate.perSec(v, seq, vms.seqTs[v]);
       let source: VmForecast['rateSource'] = rate === null ? null : 'mmu_seq';
       if (rate === null) {
         const invRate = vms.invRate.perSec(v, vms.inv[v], vms.lastTs[v]);
@@ -526,10 +555,10 @@ export class StaleFaultDetector {
           source = 'invalidate-records';
         }
       }
-      const crossed = seq !== UNKNOWN && seq >= SIGN_BIT_SEQ;
+      const crossed = seq !== Sentinel.UNKNOWN && seq >= SIGN_BIT_SEQ;
       let secondsToSignBit: number | null = null;
       if (crossed) secondsToSignBit = 0;
-      else if (seq !== UNKNOWN && rate !== null && rate > 0) secondsToSignBit = (SIGN_BIT_SEQ - seq) / rate;
+      else if (seq !== Sentinel.UNKNOWN && rate !== null && rate > 0) secondsToSignBit = (SIGN_BIT_SEQ - seq) / rate;
       out.push({
         vmId: vms.idOf(v),
         pid: vms.pid[v],

@@ -4,7 +4,7 @@
  * from the older one; every window the newer one becomes the older and the current value the
  * newer, so the rate covers one to two windows of recent history without keeping samples.
  */
-import { UNKNOWN } from '../record';
+import { Sentinel } from '../record';
 
 export class RateWindow {
   private readonly anchor: Float64Array;
@@ -21,15 +21,15 @@ export class RateWindow {
 
   /** No value yet for slot v (the first observe() anchors both ends). */
   clear(v: number, ts: number): void {
-    this.anchor[v] = UNKNOWN;
+    this.anchor[v] = Sentinel.UNKNOWN;
     this.anchorTs[v] = ts;
-    this.mid[v] = UNKNOWN;
+    this.mid[v] = Sentinel.UNKNOWN;
     this.midTs[v] = ts;
   }
 
   /** The count of slot v is `value` at ts. */
   observe(v: number, value: number, ts: number): void {
-    if (this.anchor[v] === UNKNOWN) {
+    if (this.anchor[v] === Sentinel.UNKNOWN) {
       this.anchor[v] = value;
       this.anchorTs[v] = ts;
       this.mid[v] = value;
@@ -45,7 +45,7 @@ export class RateWindow {
   /** Per second from the older anchor to `value` at ts; null before any value or with no time between. */
   perSec(v: number, value: number, ts: number): number | null {
     const dt = ts - this.anchorTs[v];
-    if (this.anchor[v] === UNKNOWN || dt <= 0) return null;
+    if (this.anchor[v] === Sentinel.UNKNOWN || dt <= 0) return null;
     return ((value - this.anchor[v]) * 1e9) / dt;
   }
 

@@ -4,33 +4,39 @@
  * and forecasts. The evidence comes from vcpu.ts (per-run counters filled by StaleFaultDetector);
  * the kernel judgement (kernels.ts) only fills gaps the records leave.
  */
-import { UNKNOWN } from '../record';
+import { Sentinel } from '../record';
 import { hexNum } from '../hex';
 import { KernelEvidence, SIGN_BIT_SEQ } from '../kernels';
-import { RANGE_GFN, SIGN_EXTENDED } from './flags';
+import { Bit } from './flags';
 import type { DetectorKernel, StuckCause, Verdict, VcpuState, VmForecast } from './types';
 import type { VcpuTable } from './vcpu';
 
 export const STATE_NAMES: readonly (VcpuState | null)[] = [null, 'progressing', 'retrying', 'stuck'];
 
-// C_SIGN: the signature seen in the records; C_SIGN_KERNEL: the sequence part seen, in-progress
+// Cause.SIGN: the signature seen in the records; Cause.SIGN_KERNEL: the sequence part seen, in-progress
 // not visible in this trace mode, and the kernel judged affected (by BTF or version)
-export const C_NONE = 0, C_SIGN = 1, C_INVAL = 2, C_UNKNOWN = 3, C_SIGN_KERNEL = 4;
+export const enum Cause {
+  NONE = 0,
+  SIGN = 1,
+  INVAL = 2,
+  UNKNOWN = 3,
+  SIGN_KERNEL = 4,
+}
 export const CAUSE_NAMES: readonly (StuckCause | null)[] = [null, 'seq-sign-extension', 'invalidation-stuck', 'unknown', 'seq-sign-extension'];
 
 /** The cause the current run of vCPU s shows (called once it has enough attempts to be stuck). */
 export function causeOf(vc: VcpuTable, s: number, kernel: DetectorKernel | null): number {
   const known = vc.obsKnown[s], stale = vc.obsStale[s], notStale = vc.obsNotStale[s];
-  if (stale > 0 && notStale === 0 && vc.inProg[s] > 0) return C_INVAL;
+  if (stale > 0 && notStale === 0 && vc.inProg[s] > 0) return Cause.INVAL;
   const seq = vc.seqLast[s];
-  const sxSeen = (vc.bits[s] & SIGN_EXTENDED) !== 0;
-  const seqHighConstant = seq !== UNKNOWN && seq >= SIGN_BIT_SEQ && vc.seqChanges[s] === 0;
+  const sxSeen = (vc.bits[s] & Bit.SIGN_EXTENDED) !== 0;
+  const seqHighConstant = seq !== Sentinel.UNKNOWN && seq >= SIGN_BIT_SEQ && vc.seqChanges[s] === 0;
   const saysNotStale = known > 0 && stale === 0;
   // the bug's signature in the records decides, whatever the kernel judgement says
-  if ((seqHighConstant || sxSeen) && saysNotStale) return C_SIGN;
+  if ((seqHighConstant || sxSeen) && saysNotStale) return Cause.SIGN;
   // in-progress not visible in this trace (mode): the kernel judgement fills that gap only
-  if (seqHighConstant && known === 0 && kernel?.affected === true) return C_SIGN_KERNEL;
-  return C_UNKNOWN;
+  if (seqHighConstant && known === 0 && kernel?.affected === true) return Cause.SIGN_KERNEL;
+  return Cause.UNKNOWN;
 }
 
 /**
@@ -39,28 +45,29 @@ export function causeOf(vc: VcpuTable, s: number, kernel: DetectorKernel | null)
  * one, time (or a huge count) must rule out a passing storm.
  */
 export function isSignature(cause: number, seqChanges: number): boolean {
-  return cause === C_SIGN || (cause === C_INVAL && seqChanges === 0);
+  return cause === Cause.SIGN || (cause === Cause.INVAL && seqChanges === 0);
 }
 
 export function confidenceOf(cause: number): Verdict['confidence'] {
-  return cause === C_SIGN || cause === C_INVAL ? 'high' : cause === C_SIGN_KERNEL ? 'medium' : 'low';
+  return cause === Cause.SIGN || cause === Cause.INVAL ? 'high' : cause === Cause.SIGN_KERNEL ? 'medium' : 'low';
 }
 
 export function decidedByOf(cause: number, kernel: DetectorKernel | null): KernelEvidence {
-  return cause === C_SIGN_KERNEL ? (kernel?.decidedBy ?? 'version') : 'behaviour';
+  return cause === Cause.SIGN_KERNEL ? (kernel?.decidedBy ?? 'version') : 'behaviour';
 }
 
 /** The verdict's explanation (v: the verdict of vCPU s, explanation not yet set). */
 export function explain(v: Verdict, vc: VcpuTable, s: number, kernel: DetectorKernel | null): string {
   const gpa = v.gpa === null ? 'an unknown gpa' : `gpa ${v.gpa}`;
+  if (v.state === 'progressing') {
+    return `progressing: ${v.mapped} fault(s) mapped, ${v.totalAttempts} attempt(s) in all; last ${gpa}`;
+  }
+  // built only for the states that print them: a progressing verdict is the common one
   const secs = ((v.lastSeen - v.firstSeen) / 1e9).toFixed(3);
   const seq = v.mmuSeqLast === null ? 'sequence unknown' : `seq ${v.mmuSeqLast}`;
   const inv = v.inProgress === null
     ? 'in-progress unknown in this trace mode'
     : `in-progress ${v.inProgress}${v.range ? `, range ${v.range.unit} [${v.range.start}, ${v.range.end})` : ''}`;
-  if (v.state === 'progressing') {
-    return `progressing: ${v.mapped} fault(s) mapped, ${v.totalAttempts} attempt(s) in all; last ${gpa}`;
-  }
   if (v.state === 'retrying') {
     return v.retryReason === 'invalidation'
       ? `retrying ${gpa}: ${v.attempts} attempts, ${v.explainedAttempts} explained by invalidations (${v.seqChanges} sequence change(s); ${inv})`
@@ -79,9 +86,9 @@ export function explain(v: Verdict, vc: VcpuTable, s: number, kernel: DetectorKe
         `decided by the observed behaviour` + kernelDisagreement(kernel);
     }
     case 'invalidation-stuck':
-      return `${head}; an invalidation never ends: ${inv}, the ${(vc.bits[s] & RANGE_GFN) !== 0 ? 'gfn' : 'hva'} is inside the range on every attempt`;
+      return `${head}; an invalidation never ends: ${inv}, the ${(vc.bits[s] & Bit.RANGE_GFN) !== 0 ? 'gfn' : 'hva'} is inside the range on every attempt`;
     default: {
-      const seqHigh = vc.seqLast[s] !== UNKNOWN && vc.seqLast[s] >= SIGN_BIT_SEQ && vc.seqChanges[s] === 0;
+      const seqHigh = vc.seqLast[s] !== Sentinel.UNKNOWN && vc.seqLast[s] >= SIGN_BIT_SEQ && vc.seqChanges[s] === 0;
       if (seqHigh && vc.obsKnown[s] === 0) {
         return `${head}; ${seq} >= 80000000 and constant, but in-progress is not visible in this trace mode and the kernel ` +
           `${kernel?.affected === false ? `is judged not affected (${kernel.decidedBy ?? 'version'})` : 'judgement is unknown'}: ` +
@@ -110,7 +117,7 @@ export function forecastWarning(seq: number, crossed: boolean, secondsToSignBit:
   affected: boolean | null, decidedBy: KernelEvidence | null): VmForecast['warning'] {
   const kernelNote = (affected === true ? 'kernel affected' : affected === false ? 'kernel not affected' : 'kernel unknown') +
     (decidedBy === 'behaviour' ? ': a vCPU of this VM shows the bug' : decidedBy === 'btf' ? ', by its BTF' : decidedBy === 'version' ? ', from the version only' : '');
-  if (seq === UNKNOWN) return `sequence not visible in this trace (${kernelNote})`;
+  if (seq === Sentinel.UNKNOWN) return `sequence not visible in this trace (${kernelNote})`;
   if (crossed) return affected === false
     ? `sequence ${hexNum(seq)} is past 80000000; no hang expected on this kernel (${kernelNote})`
     : `sequence ${hexNum(seq)} is past 80000000: on an affected kernel every fault of this VM retries forever (${kernelNote})`;

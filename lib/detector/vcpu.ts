@@ -2,11 +2,16 @@
  * Per-vCPU state, one typed-array entry per slot: preallocated for the table's capacity, so
  * following a vCPU allocates nothing per record.
  */
-import { UNKNOWN } from '../record';
-import { AFTER_GAP, MAPPED, SIGN_EXTENDED } from './flags';
+import { Sentinel } from '../record';
+import { Bit } from './flags';
 
 /** vCPU states (VcpuTable.state); STATE_NAMES in rules.ts gives their names */
-export const ST_NONE = 0, ST_PROGRESSING = 1, ST_RETRYING = 2, ST_STUCK = 3;
+export const enum St {
+  NONE = 0,
+  PROGRESSING = 1,
+  RETRYING = 2,
+  STUCK = 3,
+}
 
 export class VcpuTable {
   readonly tid: Uint32Array;
@@ -49,7 +54,7 @@ export class VcpuTable {
   readonly bits: Uint8Array;
   readonly state: Uint8Array;
   readonly cause: Uint8Array;
-  /** what the last verdict change reported (ST_NONE: none yet) */
+  /** what the last verdict change reported (St.NONE: none yet) */
   readonly emittedState: Uint8Array;
   readonly emittedCause: Uint8Array;
 
@@ -100,42 +105,44 @@ export class VcpuTable {
     this.totalAttempts[s] = 0;
     this.mappedCount[s] = 0;
     this.lastTs[s] = ts;
-    this.inProg[s] = UNKNOWN;
-    this.rangeStart[s] = UNKNOWN;
-    this.rangeEnd[s] = UNKNOWN;
+    this.inProg[s] = Sentinel.UNKNOWN;
+    this.rangeStart[s] = Sentinel.UNKNOWN;
+    this.rangeEnd[s] = Sentinel.UNKNOWN;
     this.vmInvAtAttempt[s] = vmInv;
     this.bits[s] = 0;
-    this.resetRun(s, UNKNOWN, ts, true);
+    this.gpa[s] = Sentinel.UNKNOWN;
+    this.firstTs[s] = ts;
+    this.resetRun(s, true);
     this.emittedState[s] = 0;
     this.emittedCause[s] = 0;
   }
 
   /**
-   * The one reset: a new run of attempts on `gpa` starts at ts (progress). `withEvidence` also
+   * The one reset: a new run of attempts starts (progress), on gpa[s] at firstTs[s], which the
+   * caller has just set (typed-array writes, not double arguments: a call V8 does not inline
+   * would box them, one HeapNumber allocated per record). `withEvidence` also
    * forgets what the previous run's records showed (sequences, in-progress observations, the
    * sign-extension and mapped bits), as an attempt on a new gpa does; a mapping of an address
-   * never seen faulting keeps it (the next attempt starts afresh anyway: MAPPED is set).
+   * never seen faulting keeps it (the next attempt starts afresh anyway: Bit.MAPPED is set).
    */
-  resetRun(s: number, gpa: number, ts: number, withEvidence: boolean): void {
-    this.gpa[s] = gpa;
+  resetRun(s: number, withEvidence: boolean): void {
     this.attempts[s] = 0;
     this.offPath[s] = 0;
     this.explained[s] = 0;
-    this.firstTs[s] = ts;
-    this.state[s] = ST_PROGRESSING;
+    this.state[s] = St.PROGRESSING;
     this.cause[s] = 0;
     if (!withEvidence) return;
-    this.hva[s] = UNKNOWN;
-    this.seqFirst[s] = UNKNOWN;
-    this.seqLast[s] = UNKNOWN;
-    this.fseqFirst[s] = UNKNOWN;
-    this.fseqLast[s] = UNKNOWN;
+    this.hva[s] = Sentinel.UNKNOWN;
+    this.seqFirst[s] = Sentinel.UNKNOWN;
+    this.seqLast[s] = Sentinel.UNKNOWN;
+    this.fseqFirst[s] = Sentinel.UNKNOWN;
+    this.fseqLast[s] = Sentinel.UNKNOWN;
     this.seqChanges[s] = 0;
-    this.seqAtAttempt[s] = UNKNOWN;
+    this.seqAtAttempt[s] = Sentinel.UNKNOWN;
     this.obsKnown[s] = 0;
     this.obsStale[s] = 0;
     this.obsNotStale[s] = 0;
-    this.bits[s] &= ~(MAPPED | SIGN_EXTENDED | AFTER_GAP);
+    this.bits[s] &= ~(Bit.MAPPED | Bit.SIGN_EXTENDED | Bit.AFTER_GAP);
   }
 
   ripKnown(s: number): boolean {
