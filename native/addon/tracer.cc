@@ -673,6 +673,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     ro->targ_tgid = pid;
     ro->coalesce = coalesce;
     ro->emit_exits = exits;
+    ro->pairing_by_hash = mode_ == Mode::kKprobe;
     ro->range_is_gfn = facts.rangeIsGfn;
     ro->wakeup_bytes = wakeupBytes;
     ro->invalidation_stacks = stacks;
@@ -753,8 +754,15 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     Napi::Env env = info.Env();
     if (!loaded_) return Throw(env, "ECLOSED", EBADF, "tracer is not loaded");
     CollectScope scope(&log_, verbose_);
+    // Returns (fexit, kretprobe) before everything else: a call that began between its entry
+    // probe's attach and its return probe's would count as entered and never return (the
+    // handler pairing's depth stuck above 0: one FAULT, then none, for a vCPU already retrying
+    // when the tracer opened). A return without its entry is ignored by the programs.
+    for (int pass = 0; pass < 2; pass++)
     for (auto& p : plan_) {
       if (!p.reason.empty() || p.attached) continue;
+      const bool isReturn = p.how == Attach::kFexit || p.how == Attach::kKretprobe;
+      if (isReturn != (pass == 0)) continue;
       struct bpf_program* pr = Prog(p.prog);
       struct bpf_link* link = nullptr;
       switch (p.how) {

@@ -38,6 +38,7 @@ const volatile __u32 targ_tgid = 0;          /* 0: every process */
 const volatile bool coalesce = false;         /* fold identical consecutive records per tid+kind */
 const volatile __u64 coalesce_flush_ns = 100000000; /* emit a fold at least this often */
 const volatile __u32 coalesce_max = 1u << 20; /* ... or when it stands for this many events */
+const volatile bool pairing_by_hash = false;  /* kprobe mode: the handler pairing is handler_ctx */
 const volatile bool emit_exits = false;       /* EXIT records (kvm_exit fires on every exit) */
 const volatile bool range_is_gfn = false;     /* kvm->mmu_invalidate_range_* unit (see kvm_core) */
 const volatile __u64 vm_id_key = 0;           /* random per tracer: vm_id is not a kernel pointer */
@@ -689,8 +690,19 @@ static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu, bool typed)
 		t = thread_state(true);
 		if (t && vcpu)  /* a tracepoint argument may be NULL as far as the verifier knows */
 			note_vcpu(t, vcpu);  /* every fault of this exit finds its vCPU here */
+		if (t)
+			t->handler.depth = 0;  /* see below */
 	} else {
 		remember_vcpu(vcpu);
+	}
+	/* No fault handler runs on this thread at a VM exit: a pairing left open by a return the
+	 * probes missed (a kretprobe over maxactive, a call already running when the probes went
+	 * on) would otherwise hide every later FAULT of the thread as "nested". */
+	if (pairing_by_hash) {
+		__u32 tid = (__u32)id;
+		struct entry_ctx *c = bpf_map_lookup_elem(&handler_ctx, &tid);
+		if (c && c->depth)
+			c->depth = 0;
 	}
 	if (!emit_exits)
 		return 0;

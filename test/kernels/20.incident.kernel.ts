@@ -35,6 +35,8 @@ const WORKLOAD_TIMEOUT_MS = VARIANT === 'bug' ? 60_000 : 150_000;
 const WATCH_MAX_S = 120;
 /** kvmfault trace while the vCPU is stuck: given this long in all */
 const TRACE_MAX_MS = 60_000;
+/** the second watch, started while the vCPU is already stuck */
+const LATE_WATCH_MAX_S = 90;
 
 const hex = (n: number): string => n.toString(16);
 const seqOf = (h: string | null | undefined): number | null => (h === null || h === undefined ? null : parseInt(h, 16));
@@ -117,6 +119,11 @@ interface Scenario {
   stuck: { at: number; verdict: Verdict } | null;
   /** bug only: FAULT records traced while the vCPU was stuck (kvmfault trace --kind fault) */
   faultsWhileStuck: Record<string, unknown>[];
+  /** bug only: how the trace opened while stuck ended ('itself': it reached its -n count) */
+  traceWhileStuckEnded: string | null;
+  /** bug only: a second `watch --fail-on-stuck` started while the vCPU is already stuck, as an
+   *  operator called to a hung guest would: its exit, stuck alert and time to it */
+  lateWatch: { exit: { code: number | null; signal: string | null }; stuck: Verdict | null; seconds: number; stderr: string } | null;
 }
 
 /**
@@ -142,6 +149,8 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
     const wl = workload;
     let workloadDone = await Promise.race([wl.exited.then(() => true), watch.exited.then(() => false), deadline(WORKLOAD_TIMEOUT_MS)]);
     const faultsWhileStuck: Record<string, unknown>[] = [];
+    let traceWhileStuckEnded: string | null = null;
+    let lateWatch: Scenario['lateWatch'] = null;
     if (!workloadDone && VARIANT === 'bug') {
       // the vCPU hangs now: what do its FAULT records look like (and any others)?
       // a count, not --duration: the duration runs from the start of the command, and opening
@@ -150,7 +159,20 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
       const t0 = monoNs();
       const stopped = await Promise.race([tr.exited.then(() => true), deadline(TRACE_MAX_MS)]);
       const ended = stopped ? { by: 'itself' } : await end(tr, 2000);
+      traceWhileStuckEnded = ended.by;
       for (const l of tr.lines) faultsWhileStuck.push(l.obj);
+      // the operator's case: kvmfault started on a guest that already hangs (its probes go on
+      // while the vCPU is inside the fault path)
+      const l0 = monoNs();
+      let lateStuck: Verdict | null = null;
+      const lw = cli(['watch', '--mode', mode, '--json', '--fail-on-stuck', '--interval', '1', '--duration', String(LATE_WATCH_MAX_S)], (l) => {
+        const v = l.obj.verdict as Verdict | undefined;
+        if (l.obj.type === 'alert' && v?.state === 'stuck' && !lateStuck) lateStuck = v;
+      });
+      const lwDone = await Promise.race([lw.exited.then(() => true), deadline((LATE_WATCH_MAX_S + 30) * 1000)]);
+      const lwExit = lwDone ? await lw.exited : await end(lw, 2000);
+      lateWatch = { exit: { code: lwExit.code, signal: lwExit.signal }, stuck: lateStuck, seconds: +((monoNs() - l0) / 1e9).toFixed(1),
+        stderr: lw.stderr.split('\n').filter(Boolean).slice(-3).join('\n') };
       report('trace-while-stuck', { mode, records: tr.lines.length, seconds: +((monoNs() - t0) / 1e9).toFixed(1), ended: ended.by,
         stderr: tr.stderr.split('\n').filter(Boolean).slice(-3) });
       // and give the guest a last chance to show it was only slow
@@ -170,7 +192,7 @@ async function runScenario(mode: TracerMode): Promise<Scenario> {
       .map((l) => ({ at: l.at, type: String(l.obj.type), vms: l.obj.vms as VmForecast[], vcpus: l.obj.vcpus as Verdict[] }));
     return {
       mode, watchExit, watchStderr: watch.stderr, alerts, snapshots, workloadExit, workloadMs, workload: parsed,
-      workloadStderr: wl.stderr, stuck: seen.stuck, faultsWhileStuck,
+      workloadStderr: wl.stderr, stuck: seen.stuck, faultsWhileStuck, traceWhileStuckEnded, lateWatch,
     };
   } finally {
     if (workload) await end(workload, 2000);
@@ -451,6 +473,22 @@ for (const mode of ['tracepoint', 'fentry', 'kprobe'] as const) {
         const off = faultsWhileStuck.filter((r) => !samePage(r.gpa, stuckGpa));
         report('faults-while-stuck', { mode, stuckGpa, records: faultsWhileStuck.length, offPath: off.length, groups });
         assert.ok(faultsWhileStuck.length > 0, 'no FAULT record traced while the vCPU was stuck');
+        // every retry is a FAULT: a tracer opened mid-hang must keep seeing them (kprobe/fentry
+        // once saw one, then none: a handler pairing left open by the attach, see AttachAll)
+        const onStuck = faultsWhileStuck.filter((r) => samePage(r.gpa, stuckGpa)).length;
+        assert.ok(onStuck >= 1000, `only ${onStuck} FAULT records of the stuck gpa from a tracer opened while stuck (trace ended by ${got().traceWhileStuckEnded})`);
+      });
+
+      it('a watch started while the vCPU is already stuck (an operator called to a hung guest) says stuck / seq-sign-extension / high and exits 1', () => {
+        const { lateWatch } = got();
+        assert.ok(lateWatch, 'no late watch ran (the guest did not hang?)');
+        const v = lateWatch.stuck;
+        report('late-watch', { mode, exit: lateWatch.exit, seconds: lateWatch.seconds, state: v?.state ?? null, cause: v?.cause ?? null,
+          confidence: v?.confidence ?? null, decidedBy: (v as { decidedBy?: string } | null)?.decidedBy ?? null, attempts: v?.attempts ?? null, gpa: v?.gpa ?? null });
+        assert.ok(v, `no stuck alert from the late watch in ${lateWatch.seconds} s (exit ${JSON.stringify(lateWatch.exit)}): ${lateWatch.stderr}`);
+        assert.equal(lateWatch.exit.code, 1, `late watch exit ${JSON.stringify(lateWatch.exit)}`);
+        assert.equal(v.cause, 'seq-sign-extension', `${v.cause} (${v.confidence}): ${v.explanation}`);
+        assert.equal(v.confidence, 'high');
       });
     } else {
       it('every run completes: 40 runs, every page verified, nothing lost', () => {
