@@ -96,6 +96,8 @@ export const Flag = {
   TDP: 1 << 4,
   RIP_STALE: 1 << 5,
   COALESCED: 1 << 6,
+  /** INVALIDATE_START from the tracepoint: vm_id is a guess by pid (lib/sources.ts decides by memslot) */
+  VM_BY_PID: 1 << 7,
 } as const;
 
 /**
