@@ -15,7 +15,8 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { Kind, UNKNOWN, type EventBatch } from '../lib/record';
-import { InvalidationSources, rangeEventName, recordComm, recordRangeEvent, recordStackId, SourceName } from '../lib/sources';
+import { MemslotIndex } from '../lib/memslots';
+import { InvalidationSources, rangeEventName, recordComm, recordRangeEvent, recordStackId, SourceName, sourceRates, VmSources } from '../lib/sources';
 import { openTracer, Tracer, TracerOptions } from '../lib/tracer';
 import { runWorkload, WorkloadInfo, WorkloadOptions, WorkloadResult } from '../lib/workload';
 import { requireKvm, traceSupport } from './helpers/host';
@@ -38,9 +39,24 @@ interface Traced {
   comms: Partial<Record<SourceName, string[]>>;
   /** range events (enum mmu_notifier_event names) seen per source, in region; none from the tracepoint */
   events: Partial<Record<SourceName, string[]>>;
+  /** the library's own count (lib/sources.ts), VMs decided by memslot (lib/memslots.ts) */
   sources: InvalidationSources;
+  /** the vm_id of the in-region records (16 hex digits), as the probes wrote them */
+  recordVmIds: string[];
+  /** the memslot table as the tracer read it last (null: the iterator did not work) */
+  memslots: MemslotIndex | null;
+  memslotError: string | null;
   programs: { name: string; runCount: number; runTimeNs: number }[];
   dropped: number;
+}
+
+/** The workload's VM in the memslot table: the one VM of this process whose slots hold the region. */
+function workloadVmId(t: Traced): string {
+  assert.ok(t.memslots, `no memslot table: ${t.memslotError}`);
+  const region = t.info.vms[0].regionHva;
+  const mine = t.memslots.vms.filter((v) => v.pids.includes(t.info.pid) && v.slots.some((s) => s.hva <= region && s.hva + s.size > region));
+  assert.equal(mine.length, 1, `VMs of pid ${t.info.pid} holding the region: ${JSON.stringify(t.memslots.vms)}`);
+  return mine[0].vmId;
 }
 
 /**
@@ -51,10 +67,11 @@ async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOpti
   during?: (t: Tracer, seen: () => Traced) => void): Promise<Traced & { mode: string; probes: string[] }> {
   const tracer = await openTracer({ mode: 'tracepoint', ...tracerOptions });
   const probes = tracer.probes.filter((p) => p.attached).map((p) => p.name);
-  const sources = new InvalidationSources((id) => tracer.stack(id));
+  const sources = new InvalidationSources((id) => tracer.stack(id), tracer.memslots());
   const regions: Region[] = [];
   let info: WorkloadInfo | null = null;
-  const out: Traced = { result: null, info: null as unknown as WorkloadInfo, bySource: {}, byVm: {}, comms: {}, events: {}, sources, programs: [], dropped: 0 };
+  const out: Traced = { result: null, info: null as unknown as WorkloadInfo, bySource: {}, byVm: {}, comms: {}, events: {}, sources,
+    recordVmIds: [], memslots: null, memslotError: null, programs: [], dropped: 0 };
   const printed = new Set<number>();
   // records that came before onStart said where the guest region is (the ring can be read first)
   const early: { batch: EventBatch; i: number }[] = [];
@@ -67,6 +84,8 @@ async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOpti
     const lo = batch.vmIdLo(i), hi = batch.vmIdHi(i);
     const vm = lo === 0xffffffff && hi === 0xffffffff ? 'unknown' : 'known';
     out.byVm[vm] = (out.byVm[vm] ?? 0) + n;
+    const hex = hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
+    if (vm === 'known' && !out.recordVmIds.includes(hex)) out.recordVmIds.push(hex);
     const comm = recordComm(batch, i) ?? '?';
     const list = (out.comms[attribution.source] ??= []);
     if (!list.includes(comm)) list.push(comm);
@@ -104,6 +123,8 @@ async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOpti
       onStart: (i) => {
         info = i;
         for (const vm of i.vms) regions.push({ start: vm.regionHva, end: vm.regionHva + i.options.sizeBytes });
+        // the VM exists and has its memory now: the table the assertions name the VM from
+        out.memslots = tracer.memslots().refresh();
         for (const r of early.splice(0)) tally(r.batch, r.i);
         workload.onStart?.(i);
       },
@@ -123,6 +144,7 @@ async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOpti
     const st = tracer.stats();
     out.programs = st.programs;
     out.dropped = st.dropped;
+    out.memslotError = tracer.memslots().error;
   } finally {
     stop.abort();
     tracer.close();
@@ -181,6 +203,54 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
     assert.deepEqual(t.byVm, { known: made }, 'the VMM\'s own invalidations carry its VM');
   });
 
+  it("counted by memslot (tracepoint mode): the VMM's madvise of guest memory is its VM's, exactly; its madvise of its own heap (in no memslot) is no VM's, counted apart", async () => {
+    const BURST = 2000, HEAP = 3000;
+    const t = await traceSources({ sizeMiB: 4, runs: 2, burst: BURST, heapBurst: HEAP, invalidate: 'between', invalidateMethod: 'dontneed' }, { pid: process.pid });
+    const made = BURST + t.result!.runs.reduce((a, r) => a + r.invalidations, 0);
+    const vmId = workloadVmId(t);
+    const snap = t.sources.snapshot();
+    const mine = snap.find((v) => v.vmId === vmId);
+    const match = t.sources.matchStats();
+    const outside = t.sources.outsideGuestMemory();
+    report('memslot match', { mode: t.mode, made, heapBurst: t.result!.runs[1].heapBurst, vmId, recordVmIds: t.recordVmIds,
+      vms: snap, outside, match, memslots: t.memslots?.vms, dropped: t.dropped });
+    assert.equal(t.mode, 'tracepoint');
+    assert.equal(t.dropped, 0);
+    assert.equal(t.result!.runs[1].heapBurst, HEAP);
+    assert.deepEqual(t.recordVmIds, [vmId], 'the memslot iterator and the probes hash the VM to one id (the tracer\'s key)');
+    assert.equal(mine?.sources.find((s) => s.source === 'vmm-madvise')?.count, made, `the VM's madvise count: ${JSON.stringify(mine)}`);
+    assert.deepEqual(snap.filter((v) => v.vmId !== vmId).map((v) => v.vmId), [], 'invalidations counted for another VM or none');
+    const heap = outside.find((s) => s.source === 'vmm-madvise')?.count ?? 0;
+    assert.ok(heap >= HEAP, `outside guest memory: ${heap} madvise invalidations, the heap burst made ${HEAP}`);
+    assert.equal(match.unchecked + match.ambiguous, 0, JSON.stringify(match));
+    assert.equal(t.sources.invalidations, match.matched + match.outside, 'every invalidation is either the VM\'s or outside');
+  });
+
+  it("watch's madvise rate for the VM (sourceRates between snapshots, as each watch frame computes it) equals the burst's true rate", async () => {
+    const BURST = 300_000;
+    const frames: { t: number; done: number; snap: VmSources[] }[] = [];
+    let live: InvalidationSources | null = null;
+    const t = await traceSources({ sizeMiB: 2, runs: 2, burst: BURST, burstProgressMs: 250,
+      onBurstProgress: (done) => { if (live) frames.push({ t: Date.now(), done, snap: live.snapshot() }); } },
+    { pid: process.pid }, (_tracer, seen) => { live = seen().sources; });
+    const vmId = workloadVmId(t);
+    const run = t.result!.runs[1];
+    const trueRate = (run.burst * 1000) / run.burstMs;
+    // frames wholly inside the burst: progress seen at both ends, the burst not yet done at the end
+    const inside: { watch: number; progress: number }[] = [];
+    for (let k = 1; k < frames.length; k++) {
+      const a = frames[k - 1], b = frames[k];
+      if (a.done === 0 || b.done >= BURST || b.t <= a.t) continue;
+      const watch = sourceRates(a.snap, b.snap, b.t - a.t).find((r) => r.vmId === vmId && r.source === 'vmm-madvise')?.perSec ?? 0;
+      inside.push({ watch, progress: ((b.done - a.done) * 1000) / (b.t - a.t) });
+    }
+    const mean = inside.reduce((s, f) => s + f.watch, 0) / Math.max(1, inside.length);
+    report('madvise rate', { trueRate, burstMs: run.burstMs, watchMean: mean, frames: inside, dropped: t.dropped });
+    assert.equal(t.dropped, 0);
+    assert.ok(inside.length >= 2, `only ${inside.length} watch frame(s) inside a ${run.burstMs.toFixed(0)} ms burst: make BURST larger`);
+    assert.ok(Math.abs(mean - trueRate) / trueRate < 0.1, `watch ${mean.toFixed(0)}/s vs true ${trueRate.toFixed(0)}/s`);
+  });
+
   for (const [method, source] of [['remap', 'vmm-munmap'], ['mprotect', 'vmm-mprotect']] as const) {
     it(`the VMM's own ${method === 'remap' ? 'mmap(MAP_FIXED) over guest memory' : 'mprotect'}: every invalidation of guest memory is ${source}`, async () => {
       const t = await traceSources({ sizeMiB: 4, runs: 3, invalidate: 'between', invalidateMethod: method }, { pid: process.pid });
@@ -194,11 +264,16 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
     });
   }
 
-  it('KSM for real: ksmd merging the guest\'s identical pages is attributed to ksm (by its stack; the tracepoint cannot name the VM)', async function () {
+  it('KSM for real: ksmd merging the guest\'s identical pages is attributed to ksm (by its stack) and, through the memslots, to the VM (the tracepoint names none)', async function () {
     const t = await traceKsmMerging({}, (seen) => (seen.bySource.ksm ?? 0) >= 16);
-    report('ksm sources', { bySource: t.bySource, byVm: t.byVm, comms: t.comms, dropped: t.dropped });
+    const vmId = workloadVmId(t);
+    const snap = t.sources.snapshot();
+    const ksmOf = (id: string): number => snap.find((v) => v.vmId === id)?.sources.find((s) => s.source === 'ksm')?.count ?? 0;
+    report('ksm sources', { bySource: t.bySource, byVm: t.byVm, comms: t.comms, vmId, vms: snap, match: t.sources.matchStats(), dropped: t.dropped });
     assert.ok((t.bySource.ksm ?? 0) >= 16, `ksmd invalidated ${t.bySource.ksm ?? 0} guest pages (sources seen in the region: ${JSON.stringify(t.bySource)})`);
     assert.deepEqual(t.comms.ksm, ['ksmd']);
+    assert.ok(ksmOf(vmId) >= t.bySource.ksm!, `ksm counted for the workload's VM: ${ksmOf(vmId)} of ${t.bySource.ksm} in its region`);
+    assert.equal(ksmOf('unknown'), 0, 'ksmd invalidations left without a VM');
   });
 
   it('compaction by /proc/sys/vm/compact_memory: guest pages it migrates are attributed to compaction and to the VM (the writer is this process)', async function () {
