@@ -208,6 +208,26 @@ export interface MemslotSource {
   refreshOnMiss(): MemslotIndex | null;
 }
 
+/** A fixed table (a capture's, from its stacks file): no refresh. */
+export function fixedMemslots(vms: readonly MemslotVm[]): MemslotSource {
+  const index = new MemslotIndex(vms);
+  return { current: () => index, refreshOnMiss: () => index, error: null };
+}
+
+/**
+ * Every VM seen over a recording: each table read is merged in (a VM keeps its last slots), so a
+ * VM that went away before the end is still there for analyze.
+ */
+export class MemslotHistory {
+  private readonly vms = new Map<string, MemslotVm>();
+  add(index: MemslotIndex | null): void {
+    if (index) for (const vm of index.vms) this.vms.set(vm.vmId, vm);
+  }
+  all(): MemslotVm[] {
+    return [...this.vms.values()];
+  }
+}
+
 /** A MemslotSource over a reader function; refreshes on a miss at most every minIntervalMs. */
 export class MemslotCache implements MemslotSource {
   private index: MemslotIndex | null = null;
@@ -215,6 +235,9 @@ export class MemslotCache implements MemslotSource {
   /** why the last read failed (null: it worked) */
   error: string | null = null;
   reads = 0;
+
+  /** called with every table read (record keeps them for analyze) */
+  onRead: ((index: MemslotIndex) => void) | null = null;
 
   constructor(private readonly read: () => MemslotVm[] | null, private readonly minIntervalMs = 1000,
     private readonly now: () => number = Date.now) {}
@@ -227,6 +250,7 @@ export class MemslotCache implements MemslotSource {
       this.reads++;
       this.error = vms ? null : 'the memslot iterator is not available';
       this.index = vms ? new MemslotIndex(vms, this.lastTryMs) : null;
+      if (this.index) this.onRead?.(this.index);
     } catch (e) {
       this.error = (e as Error).message;  // keep the last good table
     }

@@ -23,7 +23,7 @@
  * VM's. Without a memslot table (no iterator, a capture) records count as their vm_id says.
  */
 import * as fs from 'fs';
-import { MATCH_AMBIGUOUS, MATCH_NONE, type MemslotSource, type MatchScope } from './memslots';
+import { MATCH_AMBIGUOUS, MATCH_NONE, type MemslotSource, type MatchScope, type MemslotVm } from './memslots';
 import { Flag, INVALIDATE_OFFSETS, Kind, UNKNOWN, type EventBatch } from './record';
 
 export const SOURCE_NAMES = [
@@ -445,8 +445,29 @@ export function stacksFilePath(capture: string): string {
   return `${capture}.stacks.json`;
 }
 
-export function writeStacksFile(capture: string, stacks: Record<string, readonly string[]>): void {
-  fs.writeFileSync(stacksFilePath(capture), JSON.stringify({ format: 'kvmfault invalidation stacks v1', stacks }) + '\n');
+/** memslots: every VM's memslots seen while recording (the VM ids are the capture's), for analyze's memslot match */
+export function writeStacksFile(capture: string, stacks: Record<string, readonly string[]>, memslots?: readonly MemslotVm[]): void {
+  fs.writeFileSync(stacksFilePath(capture), JSON.stringify({ format: 'kvmfault invalidation stacks v1', stacks, ...(memslots?.length ? { memslots } : {}) }) + '\n');
+}
+
+/** The VMs' memslots stored beside a capture, or null (none stored, no file, unreadable). */
+export function readStacksFileMemslots(capture: string): MemslotVm[] | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
+  } catch {
+    return null;
+  }
+  const list = (parsed as { memslots?: unknown })?.memslots;
+  if (!Array.isArray(list)) return null;
+  const ok = (v: unknown): v is MemslotVm => {
+    const m = v as MemslotVm;
+    return typeof m === 'object' && m !== null && typeof m.vmId === 'string' && /^[0-9a-f]{16}$/.test(m.vmId) &&
+      Array.isArray(m.pids) && m.pids.every((p) => Number.isInteger(p)) && Array.isArray(m.slots) &&
+      m.slots.every((s) => typeof s === 'object' && s !== null && Number.isFinite(s.hva) && Number.isFinite(s.size));
+  };
+  const vms = list.filter(ok).map((m) => ({ ...m, truncated: m.truncated === true, shapeUnknown: m.shapeUnknown === true }));
+  return vms.length ? vms : null;
 }
 
 /** The lookup for a capture's stacks, or null when it has no stacks file (or an unreadable one). */

@@ -6,6 +6,11 @@
  * counted separately and never for a VM.
  */
 import assert from 'node:assert/strict';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { analyzeFile, formatReport } from '../lib/analyze';
+import { CaptureWriter } from '../lib/capture';
 import { StaleFaultDetector } from '../lib/detector';
 import { RET_PF_6_1 } from '../lib/kernels';
 import {
@@ -14,7 +19,7 @@ import {
 } from '../lib/memslots';
 import { FaultMetrics } from '../lib/metrics';
 import { Flag, Kind, RecordWriter } from '../lib/record';
-import { InvalidationSources, type StackLookup } from '../lib/sources';
+import { InvalidationSources, type StackLookup, writeStacksFile } from '../lib/sources';
 
 const PAGE = 4096;
 const GIB = 1 << 30;
@@ -210,6 +215,32 @@ describe('49 memslots: invalidations counted for a VM only inside its memory', (
     none.add(records([{ pid: 42, byPid: true, comm: 'ksmd', start: 0x7e0000200000, end: 0x7e0000201000 }]).batch());
     assert.deepEqual(counts(none), { unknown: { ksm: 1 } });
     assert.deepEqual([none.matchStats().enabled, none.matchStats().unchecked, none.matchStats().error], [false, 1, 'the memslot iterator is not available']);
+  });
+
+  it('a capture with the memslots beside it: analyze counts by memslot as watch does; without them, as the records say', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvmfault-49-'));
+    try {
+      const file = path.join(dir, 'inv.kvmf');
+      const w = CaptureWriter.create(file, { meta: { hostKernel: '6.12.0' }, flushMs: 0 });
+      w.write(records([
+        { pid: 100, vm: A, byPid: true, comm: 'kvmfault-wl', start: 0x7f0000000000, end: 0x7f0000001000, repeat: 5, stack: 1 },
+        { pid: 100, vm: A, byPid: true, comm: 'kvmfault-wl', start: 0x5500000000, end: 0x5500004000, repeat: 3, stack: 1 },
+        { pid: 42, byPid: true, comm: 'ksmd', start: 0x7e0000200000, end: 0x7e0000201000, repeat: 7 },
+      ]).batch());
+      w.close();
+      writeStacksFile(file, { 1: MADVISE(1)! }, TABLE);
+      const r = await analyzeFile(file);
+      const inv = r.invalidationSources!;
+      assert.deepEqual(inv.vms.map((v) => [v.vmId, v.total]), [['00000000000000bb', 7], ['00000000000000aa', 5]]);
+      assert.deepEqual(inv.outsideGuestMemory?.map((s) => [s.source, s.count]), [['vmm-madvise', 3]]);
+      assert.match(formatReport(r), /outside guest memory \(in no VM's memslots, counted for no VM\): vmm-madvise 3/);
+      writeStacksFile(file, { 1: MADVISE(1)! });
+      const old = (await analyzeFile(file)).invalidationSources!;
+      assert.deepEqual(old.vms.map((v) => [v.vmId, v.total]), [['00000000000000aa', 8], ['unknown', 7]]);
+      assert.equal(old.outsideGuestMemory, null);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('metrics: outside guest memory by source and the match results', async () => {
