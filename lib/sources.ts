@@ -450,15 +450,18 @@ export function writeStacksFile(capture: string, stacks: Record<string, readonly
   fs.writeFileSync(stacksFilePath(capture), JSON.stringify({ format: 'kvmfault invalidation stacks v1', stacks, ...(memslots?.length ? { memslots } : {}) }) + '\n');
 }
 
-/** The VMs' memslots stored beside a capture, or null (none stored, no file, unreadable). */
-export function readStacksFileMemslots(capture: string): MemslotVm[] | null {
-  let parsed: unknown;
+/** The stacks file's JSON, or null (no file, unreadable). */
+function readStacksJson(capture: string): { stacks?: unknown; memslots?: unknown } | null {
   try {
-    parsed = JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
+    return JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
   } catch {
     return null;
   }
-  const list = (parsed as { memslots?: unknown })?.memslots;
+}
+
+/** The VMs' memslots stored beside a capture, or null (none stored, no file, unreadable). */
+export function readStacksFileMemslots(capture: string): MemslotVm[] | null {
+  const list = readStacksJson(capture)?.memslots;
   if (!Array.isArray(list)) return null;
   const ok = (v: unknown): v is MemslotVm => {
     const m = v as MemslotVm;
@@ -472,13 +475,7 @@ export function readStacksFileMemslots(capture: string): MemslotVm[] | null {
 
 /** The lookup for a capture's stacks, or null when it has no stacks file (or an unreadable one). */
 export function readStacksFile(capture: string): StackLookup | null {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
-  } catch {
-    return null;
-  }
-  const stacks = (parsed as { stacks?: unknown })?.stacks;
+  const stacks = readStacksJson(capture)?.stacks;
   if (typeof stacks !== 'object' || stacks === null) return null;
   const table = new Map<number, readonly string[]>();
   for (const [id, frames] of Object.entries(stacks as Record<string, unknown>)) {

@@ -120,11 +120,7 @@ class KvmCounters : public Napi::ObjectWrap<KvmCounters> {
     Napi::Env env = info.Env();
     if (!link_) return ThrowCode(env, "ECLOSED", EBADF, "KvmCounters is closed");
     if (!memslotsLink_) return env.Null();
-    int err = 0;
-    for (int attempt = 0; attempt < 5; attempt++) {
-      err = ReadIterator(memslotsLink_);
-      if (err != EAGAIN) break;
-    }
+    int err = ReadSnapshot(memslotsLink_);
     if (err) return ThrowCode(env, "EITER", err, std::string("reading the memslot iterator failed: ") + strerror(err));
     return Napi::Buffer<char>::Copy(env, buf_.data(), buf_.size());
   }
@@ -137,15 +133,20 @@ class KvmCounters : public Napi::ObjectWrap<KvmCounters> {
   Napi::Value Sample(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!link_) return ThrowCode(env, "ECLOSED", EBADF, "KvmCounters is closed");
-    // A read can fail with EAGAIN when the walk raced a task or file going away: run the
-    // iterator again from the start (a sample is a snapshot, never half of one).
-    int err = 0;
-    for (int attempt = 0; attempt < 5; attempt++) {
-      err = ReadIterator(link_);
-      if (err != EAGAIN) break;
-    }
+    int err = ReadSnapshot(link_);
     if (err) return ThrowCode(env, "EITER", err, std::string("reading the counters iterator failed: ") + strerror(err));
     return Napi::Buffer<char>::Copy(env, buf_.data(), buf_.size());
+  }
+
+  // A read can fail with EAGAIN when the walk raced a task or file going away: run the
+  // iterator again from the start (a sample is a snapshot, never half of one).
+  int ReadSnapshot(bpf_link* link) {
+    int err = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+      err = ReadIterator(link);
+      if (err != EAGAIN) break;
+    }
+    return err;
   }
 
   // Runs an iterator once into buf_; 0 or an errno.

@@ -10,7 +10,8 @@
  * VM's invalidation sequence through BTF (CO-RE against the kvm module's types). Between
  * samples nothing runs.
  *
- * One struct kvmfault_vcpu_counters (events.h) per vCPU fd per read of the iterator.
+ * One struct kvmfault_vcpu_counters (events.h) per vCPU fd per read of the iterator. A second
+ * iterator (kvm_vm_memslots, below) reads every VM's memslots through its VM fd.
  */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
@@ -108,56 +109,92 @@ static __always_inline void emit_slot(struct seq_file *seq, struct kvmfault_mems
 	bpf_seq_write(seq, m, sizeof(*m));
 }
 
-/* The slots of one address space (slots: its struct kvm_memslots); returns how many were
- * emitted; *truncated set when a bound of the walk left some out. */
-static __always_inline __u32 emit_address_space(struct seq_file *seq, struct kvmfault_memslot *m,
-						struct kvm_memslots *slots, __u16 as, bool *truncated)
+/* Scratch for one address space's walk (too big for the 512-byte BPF stack): the slots found,
+ * then emitted. Per CPU: two readers of the iterator at once do not share it. */
+struct slot_walk {
+	__u64 slots;     /* struct kvm_memslots * being walked */
+	__u32 hash_off;  /* offsetof(struct kvm_memslots, id_hash) */
+	__u32 node_off;  /* offsetof(struct kvm_memory_slot, id_node[node_idx]) */
+	__u32 buckets;
+	__u32 n;
+	__u32 truncated;
+	__u32 pad;
+	__u64 found[KF_MEMSLOTS_MAX];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slot_walk);
+} walk_scratch SEC(".maps");
+
+/* bpf_loop callback: one bucket of KVM's memslot id hash (v5.17+, where bpf_loop exists too; a
+ * plain loop over 128 buckets x chains takes the verifier past its 1M-instruction limit). */
+static int walk_bucket(__u64 b, void *unused)
 {
-	__u32 n = 0;
+	__u32 zero = 0;
+	struct slot_walk *w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	if (!w || b >= w->buckets)
+		return 1;
+	struct hlist_node *node = NULL;
+	bpf_probe_read_kernel(&node, sizeof(node), (void *)(w->slots + w->hash_off + b * sizeof(struct hlist_head)));
+	for (__u32 k = 0; k < KF_MEMSLOT_CHAIN && node; k++) {
+		if (w->n >= KF_MEMSLOTS_MAX) {
+			w->truncated = 1;
+			return 1;
+		}
+		w->found[w->n & (KF_MEMSLOTS_MAX - 1)] = (__u64)node - w->node_off;
+		w->n++;
+		node = BPF_CORE_READ(node, next);
+	}
+	if (node)
+		w->truncated = 1;
+	return 0;
+}
+
+/* The slots of one address space (slots: its struct kvm_memslots); *truncated set when a bound
+ * of the walk left some out. */
+static __always_inline void emit_address_space(struct seq_file *seq, struct kvmfault_memslot *m,
+					       struct kvm_memslots *slots, __u16 as, bool *truncated)
+{
+	__u32 zero = 0;
+	struct slot_walk *w = bpf_map_lookup_elem(&walk_scratch, &zero);
+	if (!w)
+		return;
+	w->n = 0;
+	w->truncated = 0;
 	if (bpf_core_field_exists(slots->node_idx)) {
 		/* v5.17+: every slot of the active set is on one chain of id_hash, linked through
 		 * its id_node[node_idx] */
 		int idx = BPF_CORE_READ(slots, node_idx);
-		__u32 buckets = bpf_core_field_size(slots->id_hash) / sizeof(struct hlist_head);
-		__u32 node_off = bpf_core_field_offset(struct kvm_memory_slot, id_node) +
-				 (idx & 1) * bpf_core_type_size(struct hlist_node);
-		__u32 hash_off = bpf_core_field_offset(slots->id_hash);
-#pragma clang loop unroll(disable)
-		for (__u32 b = 0; b < 128; b++) {
-			if (b >= buckets)
-				break;
-			struct hlist_node *node = NULL;
-			bpf_probe_read_kernel(&node, sizeof(node), (char *)slots + hash_off + b * sizeof(struct hlist_head));
-#pragma clang loop unroll(disable)
-			for (__u32 k = 0; k < KF_MEMSLOT_CHAIN && node; k++) {
-				if (n >= KF_MEMSLOTS_MAX) {
-					*truncated = true;
-					return n;
-				}
-				emit_slot(seq, m, (struct kvm_memory_slot *)((char *)node - node_off), as);
-				n++;
-				node = BPF_CORE_READ(node, next);
-			}
-			if (node)
-				*truncated = true;
-		}
+		w->slots = (__u64)slots;
+		w->buckets = bpf_core_field_size(slots->id_hash) / sizeof(struct hlist_head);
+		w->hash_off = bpf_core_field_offset(slots->id_hash);
+		w->node_off = bpf_core_field_offset(struct kvm_memory_slot, id_node) +
+			      (idx & 1) * bpf_core_type_size(struct hlist_node);
+		bpf_loop(128, walk_bucket, NULL, 0);
 	} else {
 		/* before v5.17: an array of used_slots slots inside struct kvm_memslots */
 		struct kvm_memslots___array *arr = (void *)slots;
 		int used = BPF_CORE_READ(arr, used_slots);
 		__u32 off = bpf_core_field_offset(arr->memslots);
 		__u32 size = bpf_core_type_size(struct kvm_memory_slot);
-#pragma clang loop unroll(disable)
 		for (__u32 i = 0; i < KF_MEMSLOTS_MAX; i++) {
 			if ((int)i >= used)
 				break;
-			emit_slot(seq, m, (struct kvm_memory_slot *)((char *)slots + off + i * size), as);
-			n++;
+			w->found[i] = (__u64)slots + off + i * size;
+			w->n++;
 		}
 		if (used > KF_MEMSLOTS_MAX)
-			*truncated = true;
+			w->truncated = 1;
 	}
-	return n;
+	if (w->truncated)
+		*truncated = true;
+	for (__u32 i = 0; i < KF_MEMSLOTS_MAX; i++) {
+		if (i >= w->n)
+			break;
+		emit_slot(seq, m, (struct kvm_memory_slot *)w->found[i], as);
+	}
 }
 
 SEC("iter/task_file")
