@@ -228,10 +228,16 @@ export class MemslotHistory {
   }
 }
 
-/** A MemslotSource over a reader function; refreshes on a miss at most every minIntervalMs. */
+/**
+ * A MemslotSource over a reader function; refreshes on a miss at most every minIntervalMs. A VM
+ * gone from a read stays in the table for graceMs: records reach user space after the fact (the
+ * ring's lag), and the last invalidations of a VM that shut down would otherwise find no VM.
+ */
 export class MemslotCache implements MemslotSource {
   private index: MemslotIndex | null = null;
   private lastTryMs = -Infinity;
+  /** every VM read, with when it was last in a read */
+  private readonly seen = new Map<string, { vm: MemslotVm; atMs: number }>();
   /** why the last read failed (null: it worked) */
   error: string | null = null;
   reads = 0;
@@ -240,7 +246,7 @@ export class MemslotCache implements MemslotSource {
   onRead: ((index: MemslotIndex) => void) | null = null;
 
   constructor(private readonly read: () => MemslotVm[] | null, private readonly minIntervalMs = 1000,
-    private readonly now: () => number = Date.now) {}
+    private readonly now: () => number = Date.now, private readonly graceMs = 5000) {}
 
   /** Reads now, whatever the interval. */
   refresh(): MemslotIndex | null {
@@ -249,7 +255,12 @@ export class MemslotCache implements MemslotSource {
       const vms = this.read();
       this.reads++;
       this.error = vms ? null : 'the memslot iterator is not available';
-      this.index = vms ? new MemslotIndex(vms, this.lastTryMs) : null;
+      if (vms) {
+        const at = this.lastTryMs;
+        for (const vm of vms) this.seen.set(vm.vmId, { vm, atMs: at });
+        for (const [id, s] of this.seen) if (at - s.atMs > this.graceMs) this.seen.delete(id);
+      }
+      this.index = vms ? new MemslotIndex([...this.seen.values()].map((s) => s.vm), this.lastTryMs) : null;
       if (this.index) this.onRead?.(this.index);
     } catch (e) {
       this.error = (e as Error).message;  // keep the last good table

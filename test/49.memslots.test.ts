@@ -207,6 +207,13 @@ describe('49 memslots: invalidations counted for a VM only inside its memory', (
     assert.equal(reads, 2, 'read again once on the miss, then the table has VM B');
     assert.deepEqual(counts(src)['00000000000000bb'], { 'vmm-madvise': 2 });
 
+    // VM B shuts down: its last records still reach user space after the next read
+    table = [TABLE[0]];
+    now = 3000;
+    assert.equal(cache.refresh()!.indexOf('00000000000000bb'), 1, 'kept within the grace period');
+    now = 6001;
+    assert.equal(cache.refresh()!.indexOf('00000000000000bb'), -1, 'gone after it');
+
     const cut = new InvalidationSources(MADVISE, fixed([vm(A, 100, [[0x7f0000000000, PAGE]], true)]).source);
     cut.add(records([{ pid: 100, vm: A, byPid: true, comm: 'kvmfault-wl', start: 0x5500000000, end: 0x5500001000, stack: 1 }]).batch());
     assert.deepEqual([counts(cut), cut.matchStats().unchecked], [{ '00000000000000aa': { 'vmm-madvise': 1 } }, 1]);
