@@ -64,10 +64,11 @@ function workloadVmId(t: Traced): string {
  * not given, so kernel threads are seen) and attributes the invalidations of its guest region.
  */
 async function traceSources(workload: WorkloadOptions, tracerOptions: TracerOptions,
-  during?: (t: Tracer, seen: () => Traced) => void): Promise<Traced & { mode: string; probes: string[] }> {
+  during?: (t: Tracer, seen: () => Traced) => void, onSources?: (s: InvalidationSources) => void): Promise<Traced & { mode: string; probes: string[] }> {
   const tracer = await openTracer({ mode: 'tracepoint', ...tracerOptions });
   const probes = tracer.probes.filter((p) => p.attached).map((p) => p.name);
   const sources = new InvalidationSources((id) => tracer.stack(id), tracer.memslots());
+  onSources?.(sources);
   const regions: Region[] = [];
   let info: WorkloadInfo | null = null;
   const out: Traced = { result: null, info: null as unknown as WorkloadInfo, bySource: {}, byVm: {}, comms: {}, events: {}, sources,
@@ -230,9 +231,9 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
     const BURST = 400_000;
     const frames: { t: number; done: number; snap: VmSources[] }[] = [];
     let live: InvalidationSources | null = null;
-    const t = await traceSources({ sizeMiB: 2, runs: 2, burst: BURST, burstProgressMs: 1000,
+    const t = await traceSources({ sizeMiB: 2, runs: 2, burst: BURST, burstProgressMs: 250,
       onBurstProgress: (done) => { if (live) frames.push({ t: Date.now(), done, snap: live.snapshot() }); } },
-    { pid: process.pid }, (_tracer, seen) => { live = seen().sources; });
+    { pid: process.pid }, undefined, (s) => { live = s; });
     const vmId = workloadVmId(t);
     const run = t.result!.runs[1];
     const rateOf = (a: (typeof frames)[0], b: (typeof frames)[0]): number =>
@@ -240,6 +241,7 @@ describe('63 invalidation sources on a real guest (the built-in workload)', func
     // frames wholly inside the burst: progress seen at both ends, the burst not yet done at the end
     const inside = frames.filter((f) => f.done > 0 && f.done < BURST);
     const perFrame = inside.slice(1).map((b, k) => ({ watch: rateOf(inside[k], b), progress: ((b.done - inside[k].done) * 1000) / (b.t - inside[k].t) }));
+    if (inside.length < 3) report('madvise rate frames', { frames: frames.map((f) => ({ t: f.t, done: f.done })), burstMs: run.burstMs });
     assert.ok(inside.length >= 3, `only ${inside.length} frame(s) inside a ${run.burstMs.toFixed(0)} ms burst: make BURST larger`);
     // over the frames inside the burst: watch's rate (its counts between two snapshots over the
     // time between them) against the workload's own count of calls over the same time. Progress
