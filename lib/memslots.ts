@@ -104,6 +104,8 @@ export class MemslotIndex {
   /** pid -> bit set of its VMs' indices (first 31 VMs; more: looked up in vms[].pids) */
   private readonly pidVms = new Map<number, number>();
   private readonly byId = new Map<string, number>();
+  /** 53 bits of the id (as InvalidationSources keys VMs) -> VM index: a lookup per record, no string */
+  private readonly byHalves = new Map<number, number>();
 
   constructor(vms: readonly MemslotVm[], readonly readAtMs = Date.now()) {
     this.vms = vms;
@@ -114,6 +116,7 @@ export class MemslotIndex {
       this.vmIdHi[v] = parseInt(vm.vmId.slice(0, 8), 16) >>> 0;
       this.vmIdLo[v] = parseInt(vm.vmId.slice(8, 16), 16) >>> 0;
       this.byId.set(vm.vmId, v);
+      this.byHalves.set((this.vmIdHi[v] & 0x1fffff) * 4294967296 + this.vmIdLo[v], v);
       for (const pid of vm.pids) this.pidVms.set(pid, (this.pidVms.get(pid) ?? 0) | (v < 31 ? 1 << v : 0));
       for (const s of vm.slots) rows.push([s.hva, s.hva + s.size, v]);
     });
@@ -133,8 +136,8 @@ export class MemslotIndex {
 
   /** The VM index of a record's vm_id halves, or -1. */
   indexOfHalves(lo: number, hi: number): number {
-    for (let v = 0; v < this.vmIdLo.length; v++) if (this.vmIdLo[v] === lo && this.vmIdHi[v] === hi) return v;
-    return -1;
+    const v = this.byHalves.get((hi & 0x1fffff) * 4294967296 + lo);
+    return v !== undefined && this.vmIdLo[v] === lo && this.vmIdHi[v] === hi ? v : -1;
   }
 
   /** Whether a VM that match(…, pid, scope) could name was cut short by the walk's bounds (a miss is then no proof). */
