@@ -14,7 +14,8 @@ import { CounterVm, EvidenceLines, PSEUDO_GPA } from './import/text';
 import { judgeKernel, KernelInfo, retPfTable, RetPfTable, StaleCheckSignature } from './kernels';
 import type { EventBatch } from './record';
 import { Timeline, TimelineData } from './report/timeline';
-import { InvalidationSources, readStacksFile, remedy, VmSources } from './sources';
+import { fixedMemslots } from './memslots';
+import { InvalidationSources, MemslotMatchStats, readStacksFile, readStacksFileMemslots, remedy, SourceCount, VmSources } from './sources';
 
 function isStaleCheck(x: unknown): x is StaleCheckSignature {
   const o = x as StaleCheckSignature | null;
@@ -60,7 +61,12 @@ export interface AnalysisReport {
   counterVms: CounterVm[];
   /** who invalidated each VM (captures with INVALIDATE_START records); stacks: where the kernel
    * stacks came from (<capture>.stacks.json) or 'comm only' */
-  invalidationSources: { vms: VmSources[]; stacks: 'stacks file' | 'comm only' } | null;
+  invalidationSources: {
+    vms: VmSources[]; stacks: 'stacks file' | 'comm only';
+    /** invalidations outside every VM's memslots (null: the capture has no memslot table, VMs as the records say) */
+    outsideGuestMemory: SourceCount[] | null;
+    memslotMatch: MemslotMatchStats | null;
+  } | null;
   /** VMs whose counters say stuck */
   stuckVms: number;
   /** whether the input names the VMM pid and the vCPU thread (trace-cmd: no pid; uniq -c: neither) */
@@ -200,7 +206,8 @@ async function analyzeCapture(path: string, bytes: number, options: AnalyzeOptio
   const detector = st.makeDetector(retPf);
   const timeline = st.timeline;
   const stackLookup = path === '-' ? null : readStacksFile(path);
-  const sources = new InvalidationSources(stackLookup);
+  const slots = path === '-' ? null : readStacksFileMemslots(path);
+  const sources = new InvalidationSources(stackLookup, slots ? fixedMemslots(slots) : null);
   const records = await feedCapture(reader, detector, (b) => {
     timeline?.push(b);
     sources.add(b);
@@ -209,7 +216,8 @@ async function analyzeCapture(path: string, bytes: number, options: AnalyzeOptio
     path, format: 'capture', bytes, kernel: st.kernel, kernelSource: st.kernelSource, retPf, records, detector, latest: st.latest, timeline: st.timeline,
     importer: null, capture: { meta, damage: reader.damage, version: reader.header.version, complete: reader.complete, gaps: reader.gaps, metaIntact: reader.header.metaIntact }, evidence: null, vcpuAddrs: null, counterVms: [],
     hasPid: true, hasTid: true, hasSeq: true, pseudoGpa: false, lost: 0,
-    invalidationSources: sources.invalidations > 0 ? { vms: sources.snapshot(), stacks: stackLookup ? 'stacks file' : 'comm only' } : null,
+    invalidationSources: sources.invalidations > 0 ? { vms: sources.snapshot(), stacks: stackLookup ? 'stacks file' : 'comm only',
+      outsideGuestMemory: slots ? sources.outsideGuestMemory() : null, memslotMatch: slots ? sources.matchStats() : null } : null,
   });
 }
 
@@ -461,6 +469,9 @@ export function formatReport(r: AnalysisReport): string {
       out.push(`  vm ${vm.vmId}: ${vm.total} invalidation(s): ${vm.sources.map((x) => `${x.source} ${x.count} (${x.evidence}${x.comm && x.comm !== x.evidence ? `, ${x.comm}` : ''})`).join(', ')}`);
       if (r.kernel && r.kernel.affected !== null) out.push(`    remedy: ${remedy(vm.sources[0].source, r.kernel.affected)}`);
     }
+    const outside = inv.outsideGuestMemory;
+    if (outside === null || outside === undefined) out.push('  (no memslot table beside the capture: every invalidation counted for the VM its record names)');
+    else if (outside.length) out.push(`  outside guest memory (in no VM's memslots, counted for no VM): ${outside.map((x) => `${x.source} ${x.count}`).join(', ')}`);
   }
   const st = r.detector;
   if (st.evictedIdle + st.evictedForCapacity > 0) out.push(`evicted vCPUs: ${st.evictedIdle} idle, ${st.evictedForCapacity} for capacity`);

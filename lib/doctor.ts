@@ -15,7 +15,7 @@ import { vmNameFromArgv } from './procinfo';
 import { escapeControl } from './escape';
 import { parseKallsyms, PROBED_FUNCTIONS, readKallsyms, REMEDY, TRACEPOINTS } from './probes';
 import { detectKvmHost } from './workload';
-import { InvalidationSources, remedy, VmSources } from './sources';
+import { InvalidationSources, MemslotMatchStats, remedy, SourceCount, VmSources } from './sources';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'info';
 
@@ -106,6 +106,9 @@ export interface SourcesSample {
   seconds: number;
   mode: string | null;
   vms: VmSources[];
+  /** invalidations of VMM memory outside every VM's memslots (not counted for a VM) */
+  outsideGuestMemory: SourceCount[];
+  memslotMatch: MemslotMatchStats | null;
   error: string | null;
 }
 
@@ -255,12 +258,12 @@ function probePoints(root: string): ProbePoints {
 
 /** Traces every process for `seconds` (auto mode) and counts invalidations per VM and source. */
 async function sampleSources(seconds: number): Promise<SourcesSample> {
-  const out: SourcesSample = { seconds, mode: null, vms: [], error: null };
+  const out: SourcesSample = { seconds, mode: null, vms: [], outsideGuestMemory: [], memslotMatch: null, error: null };
   try {
     const { openTracer } = await import('./tracer');
     const t = await openTracer({ mode: 'auto', ringBytes: 1 << 22 });
     out.mode = t.mode;
-    const sources = new InvalidationSources((id) => t.stack(id));
+    const sources = new InvalidationSources((id) => t.stack(id), t.memslots());
     const stop = AbortSignal.timeout(seconds * 1000);
     try {
       for await (const batch of t.events({ signal: stop })) sources.add(batch);
@@ -268,6 +271,8 @@ async function sampleSources(seconds: number): Promise<SourcesSample> {
       t.close();
     }
     out.vms = sources.snapshot();
+    out.outsideGuestMemory = sources.outsideGuestMemory();
+    out.memslotMatch = sources.matchStats();
   } catch (e) {
     out.error = (e as Error).message.split('\n')[0];
   }
@@ -431,7 +436,9 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
       s.error ? `cannot sample: ${s.error}`
         : s.vms.length === 0 ? `no invalidation of VM memory in ${s.seconds} s (${s.mode} mode)`
           : s.vms.map((v) => `vm ${v.vmId}: ${v.sources.slice(0, 4).map((x) => `${x.source} ${per(x.count)} (${escapeControl(x.evidence)}${x.comm && x.comm !== x.evidence ? `, ${escapeControl(x.comm)}` : ''})`).join(', ')}`).join('; ') +
-            (s.mode === 'tracepoint' && s.vms.some((v) => v.vmId === 'unknown') ? ' (vm unknown: kernel threads, which tracepoint mode cannot tie to a VM)' : ''),
+            (s.vms.some((v) => v.vmId === 'unknown') ? (s.memslotMatch?.enabled ? " (vm unknown: a range inside several VMs' memslots)" : ' (vm unknown: kernel threads, which tracepoint mode cannot tie to a VM without the memslot table)') : '') +
+            (s.outsideGuestMemory.length ? `; outside guest memory (no VM's): ${s.outsideGuestMemory.slice(0, 3).map((x) => `${x.source} ${per(x.count)}`).join(', ')}` : '') +
+            (s.memslotMatch && !s.memslotMatch.enabled ? `; not checked against memslots (${s.memslotMatch.error ?? 'no table'})` : ''),
       s.vms.length && kernel.affected !== null ? remedy(s.vms[0].sources[0].source, kernel.affected) : '');
   }
 

@@ -17,7 +17,7 @@ import type { KernelInfo } from './kernels';
 import type { TracerStats } from './tracer';
 import { CounterSourceKind, CounterView, KVM_STATS, VcpuCounterView, VmCounterView } from './counters';
 import type { Escalator } from './escalate';
-import type { VmSources } from './sources';
+import type { MemslotMatchStats, SourceCount, VmSources } from './sources';
 
 export interface FaultMetricsOptions {
   detector: StaleFaultDetector;
@@ -28,6 +28,10 @@ export interface FaultMetricsOptions {
   records?: () => number;
   /** invalidations per VM and source (lib/sources.ts), when the tracer feeds an InvalidationSources */
   sources?: () => VmSources[];
+  /** invalidations of VMM memory that is no VM's guest memory, by source (InvalidationSources.outsideGuestMemory) */
+  outsideGuestMemory?: () => SourceCount[];
+  /** how invalidations fared against the VMs' memslots (InvalidationSources.matchStats) */
+  memslotMatch?: () => MemslotMatchStats;
 }
 
 const VCPU_LABELS = ['vm', 'pid', 'tid', 'vcpu'] as const;
@@ -176,10 +180,27 @@ export class FaultMetrics {
 
     const sources = o.sources;
     if (sources) {
-      new Counter({ name: 'kvmfault_invalidations_total', help: "mmu_notifier invalidations of the VM's memory by source (numa-balancing, ksm, thp-collapse, compaction, reclaim, migration, vmm-madvise, ...); vm=\"unknown\": kernel threads the tracepoint cannot tie to a VM", labelNames: ['vm', 'source'], registers: r,
+      new Counter({ name: 'kvmfault_invalidations_total', help: "mmu_notifier invalidations of the VM's memory by source (numa-balancing, ksm, thp-collapse, compaction, reclaim, migration, vmm-madvise, ...); vm=\"unknown\": kernel threads the tracepoint cannot tie to a VM, or a range inside several VMs' memslots", labelNames: ['vm', 'source'], registers: r,
         collect() {
           this.reset();
           for (const v of sources()) for (const s of v.sources) this.inc({ vm: v.vmId, source: s.source }, s.count);
+        } });
+    }
+    const outside = o.outsideGuestMemory;
+    if (outside) {
+      new Counter({ name: 'kvmfault_invalidations_outside_guest_memory_total', help: "mmu_notifier invalidations of a VMM's memory that overlap no VM's memslots (the VMM's own heap madvise / munmap): counted for no VM", labelNames: ['source'], registers: r,
+        collect() {
+          this.reset();
+          for (const s of outside()) this.inc({ source: s.source }, s.count);
+        } });
+    }
+    const match = o.memslotMatch;
+    if (match) {
+      new Counter({ name: 'kvmfault_invalidations_memslot_match_total', help: "invalidations by how their hva range matched the VMs' memslots: matched (one VM), ambiguous (several VMs: vm=\"unknown\"), outside (no VM), unchecked (no memslot table: counted as the record's VM)", labelNames: ['result'], registers: r,
+        collect() {
+          this.reset();
+          const m = match();
+          for (const result of ['matched', 'ambiguous', 'outside', 'unchecked'] as const) this.inc({ result }, m[result]);
         } });
     }
 

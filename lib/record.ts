@@ -138,6 +138,8 @@ export const enum FlagBit {
   TDP = 1 << 4,
   RIP_STALE = 1 << 5,
   COALESCED = 1 << 6,
+  /** INVALIDATE_START from the tracepoint: vm_id is a guess by pid (lib/sources.ts decides by memslot) */
+  VM_BY_PID = 1 << 7,
 }
 export const Flag = {
   RANGE_GFN: FlagBit.RANGE_GFN,
@@ -147,6 +149,7 @@ export const Flag = {
   TDP: FlagBit.TDP,
   RIP_STALE: FlagBit.RIP_STALE,
   COALESCED: FlagBit.COALESCED,
+  VM_BY_PID: FlagBit.VM_BY_PID,
 } as const;
 
 /**

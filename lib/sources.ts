@@ -13,9 +13,18 @@
  * another: NUMA balancing and compaction migrate pages (migrate_pages), so they come before
  * migration; compaction and reclaim unmap pages, so they come before the VMM's own calls (a VMM
  * page fault that compacts directly is compaction, not the VMM).
+ *
+ * Which VM (lib/memslots.ts): an invalidation is counted for a VM only when its hva range
+ * overlaps one of that VM's memslots. The notifier probes name the VM; the tracepoint (flag
+ * VM_BY_PID) does not, so the range decides: among the invalidating process's own VMs for
+ * sources that change the task's own address space (its madvise, munmap, fork, ...), else among
+ * every VM (kernel threads, direct reclaim / compaction in any process). Several VMs overlapping:
+ * the 'unknown' VM. No VM's memory (the VMM's own heap): outsideGuestMemory(), per source, never a
+ * VM's. Without a memslot table (no iterator, a capture) records count as their vm_id says.
  */
 import * as fs from 'fs';
-import { INVALIDATE_OFFSETS, Kind, UNKNOWN, type EventBatch } from './record';
+import { MATCH_AMBIGUOUS, MATCH_NONE, type MemslotSource, type MatchScope, type MemslotVm } from './memslots';
+import { Flag, INVALIDATE_OFFSETS, Kind, UNKNOWN, type EventBatch } from './record';
 
 export const SOURCE_NAMES = [
   'memslot', 'numa-balancing', 'ksm', 'thp-collapse', 'compaction', 'reclaim', 'migration',
@@ -208,6 +217,30 @@ export interface VmSources {
 const UNKNOWN_VM = 'unknown';
 const TWO32 = 4294967296;
 
+/** Sources that change the invalidating task's own address space: only its own VMs can be hit. */
+const OWN_MM_SOURCES: ReadonlySet<SourceName> = new Set<SourceName>(['vmm-madvise', 'vmm-munmap', 'vmm-mprotect', 'vmm-mremap', 'vmm-exit', 'fork', 'cow', 'numa-balancing']);
+export function matchScope(source: SourceName): MatchScope {
+  return OWN_MM_SOURCES.has(source) ? 'own' : 'any';
+}
+
+/** How the records' hva ranges fared against the VMs' memslots (invalidations, i.e. sums of repeat). */
+export interface MemslotMatchStats {
+  /** a memslot table was available (false: every record counted as its vm_id says) */
+  enabled: boolean;
+  /** why there is no table, or why the last read failed */
+  error: string | null;
+  /** VMs in the current table */
+  vms: number;
+  /** checked against the table and counted for the one VM they overlap */
+  matched: number;
+  /** overlapping several VMs' memslots (same hva in different VMM processes): counted for the 'unknown' VM */
+  ambiguous: number;
+  /** overlapping no VM's memslots: not counted for any VM (outsideGuestMemory) */
+  outside: number;
+  /** counted as their vm_id says without a check: no table, or the VM missing from it or cut short by the walk's bounds */
+  unchecked: number;
+}
+
 interface Decided {
   attribution: Attribution;
   /** comm of the first record seen with this stack / comm */
@@ -230,12 +263,17 @@ export class InvalidationSources {
   private readonly byStack = new Map<number, Decided>();
   private readonly byComm = new Map<number, Decided>();
   private readonly vms = new Map<number, VmEntry>();
+  private readonly outside = new Map<SourceName, SourceCount>();
   /** stack id -> frames as resolved, for captures */
   private readonly frames = new Map<number, readonly string[]>();
+  private readonly match = { matched: 0, ambiguous: 0, outside: 0, unchecked: 0 };
   invalidations = 0;
 
-  /** lookup: the live tracer's stacks (symbolised); or a capture's stored table */
-  constructor(private readonly lookup: StackLookup | null) {}
+  /**
+   * lookup: the live tracer's stacks (symbolised); or a capture's stored table. memslots: every
+   * VM's memslots (Tracer.memslots()), or null: no check, each record counts for its vm_id.
+   */
+  constructor(private readonly lookup: StackLookup | null, private readonly memslots: MemslotSource | null = null) {}
 
   /** Frames resolved so far (id -> innermost-first function+offset strings). */
   stacks(): Record<string, readonly string[]> {
@@ -273,22 +311,85 @@ export class InvalidationSources {
     for (let i = 0; i < batch.length; i++) {
       if (batch.kind(i) !== Kind.INVALIDATE_START) continue;
       const d = this.decide(batch, i);
-      const lo = batch.vmIdLo(i), hi = batch.vmIdHi(i);
-      const key = (hi & 0x1fffff) * TWO32 + lo;  // 53 bits of a keyed hash: distinct per VM in practice
-      let v = this.vms.get(key);
-      if (!v) {
-        const vmId = lo === 0xffffffff && hi === 0xffffffff ? UNKNOWN_VM
-          : hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
-        this.vms.set(key, (v = { vmId, total: 0, counts: new Map() }));
-      }
       const n = batch.repeat(i);
-      v.total += n;
       this.invalidations += n;
-      const src = d.attribution.source;
-      const c = v.counts.get(src);
-      if (c) c.count += n;
-      else v.counts.set(src, { source: src, count: n, evidence: d.attribution.evidence, comm: d.comm });
+      const lo = batch.vmIdLo(i), hi = batch.vmIdHi(i);
+      let index = this.memslots ? this.memslots.current() : null;
+      if (!index) {
+        this.match.unchecked += n;
+        this.countFor(lo, hi, d, n);
+        continue;
+      }
+      const start = batch.rangeStart(i), end = batch.rangeEnd(i);
+      const unknownVm = lo === 0xffffffff && hi === 0xffffffff;
+      if (!unknownVm && (batch.flags(i) & Flag.VM_BY_PID) === 0) {
+        // the notifier named the VM: its memory or not
+        let v = index.indexOfHalves(lo, hi);
+        if (v < 0 && (index = this.memslots!.refreshOnMiss())) v = index.indexOfHalves(lo, hi);
+        if (!index || v < 0 || (index.vms[v].truncated && !index.overlapsVm(v, start, end))) {
+          this.match.unchecked += n;
+          this.countFor(lo, hi, d, n);
+        } else if (index.overlapsVm(v, start, end)) {
+          this.match.matched += n;
+          this.countFor(lo, hi, d, n);
+        } else {
+          this.countOutside(d, n);
+        }
+        continue;
+      }
+      // the tracepoint: the range decides (a miss may be a VM created since the last read)
+      const pid = batch.pid(i);
+      const scope = matchScope(d.attribution.source);
+      let m = index.match(start, end, pid, scope);
+      if (m === MATCH_NONE && (index = this.memslots!.refreshOnMiss())) m = index.match(start, end, pid, scope);
+      if (index && m >= 0) {
+        this.match.matched += n;
+        this.countFor(index.vmIdLo[m], index.vmIdHi[m], d, n);
+      } else if (m === MATCH_AMBIGUOUS) {
+        this.match.ambiguous += n;
+        this.countFor(0xffffffff, 0xffffffff, d, n);
+      } else if (!index || index.truncatedFor(pid, scope)) {
+        this.match.unchecked += n;
+        this.countFor(lo, hi, d, n);
+      } else {
+        this.countOutside(d, n);
+      }
     }
+  }
+
+  private countFor(lo: number, hi: number, d: Decided, n: number): void {
+    const key = (hi & 0x1fffff) * TWO32 + lo;  // 53 bits of a keyed hash: distinct per VM in practice
+    let v = this.vms.get(key);
+    if (!v) {
+      const vmId = lo === 0xffffffff && hi === 0xffffffff ? UNKNOWN_VM
+        : hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
+      this.vms.set(key, (v = { vmId, total: 0, counts: new Map() }));
+    }
+    v.total += n;
+    const src = d.attribution.source;
+    const c = v.counts.get(src);
+    if (c) c.count += n;
+    else v.counts.set(src, { source: src, count: n, evidence: d.attribution.evidence, comm: d.comm });
+  }
+
+  private countOutside(d: Decided, n: number): void {
+    this.match.outside += n;
+    const src = d.attribution.source;
+    const c = this.outside.get(src);
+    if (c) c.count += n;
+    else this.outside.set(src, { source: src, count: n, evidence: d.attribution.evidence, comm: d.comm });
+  }
+
+  /** Invalidations of VMM memory that is no VM's guest memory (heap madvise / munmap ...), by source, most first. */
+  outsideGuestMemory(): SourceCount[] {
+    return [...this.outside.values()].map((c) => ({ ...c })).sort((a, b) => b.count - a.count);
+  }
+
+  /** How the records' ranges fared against the memslots. */
+  matchStats(): MemslotMatchStats {
+    const index = this.memslots ? this.memslots.current() : null;
+    const error = this.memslots ? this.memslots.error ?? null : 'no memslot table (a capture, or not asked for)';
+    return { enabled: index !== null, error, vms: index ? index.vms.length : 0, ...this.match };
   }
 
   /** Per VM (most invalidated first), sources most frequent first. */
@@ -344,19 +445,37 @@ export function stacksFilePath(capture: string): string {
   return `${capture}.stacks.json`;
 }
 
-export function writeStacksFile(capture: string, stacks: Record<string, readonly string[]>): void {
-  fs.writeFileSync(stacksFilePath(capture), JSON.stringify({ format: 'kvmfault invalidation stacks v1', stacks }) + '\n');
+/** memslots: every VM's memslots seen while recording (the VM ids are the capture's), for analyze's memslot match */
+export function writeStacksFile(capture: string, stacks: Record<string, readonly string[]>, memslots?: readonly MemslotVm[]): void {
+  fs.writeFileSync(stacksFilePath(capture), JSON.stringify({ format: 'kvmfault invalidation stacks v1', stacks, ...(memslots?.length ? { memslots } : {}) }) + '\n');
+}
+
+/** The stacks file's JSON, or null (no file, unreadable). */
+function readStacksJson(capture: string): { stacks?: unknown; memslots?: unknown } | null {
+  try {
+    return JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
+/** The VMs' memslots stored beside a capture, or null (none stored, no file, unreadable). */
+export function readStacksFileMemslots(capture: string): MemslotVm[] | null {
+  const list = readStacksJson(capture)?.memslots;
+  if (!Array.isArray(list)) return null;
+  const ok = (v: unknown): v is MemslotVm => {
+    const m = v as MemslotVm;
+    return typeof m === 'object' && m !== null && typeof m.vmId === 'string' && /^[0-9a-f]{16}$/.test(m.vmId) &&
+      Array.isArray(m.pids) && m.pids.every((p) => Number.isInteger(p)) && Array.isArray(m.slots) &&
+      m.slots.every((s) => typeof s === 'object' && s !== null && Number.isFinite(s.hva) && Number.isFinite(s.size));
+  };
+  const vms = list.filter(ok).map((m) => ({ ...m, truncated: m.truncated === true, shapeUnknown: m.shapeUnknown === true }));
+  return vms.length ? vms : null;
 }
 
 /** The lookup for a capture's stacks, or null when it has no stacks file (or an unreadable one). */
 export function readStacksFile(capture: string): StackLookup | null {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(fs.readFileSync(stacksFilePath(capture), 'utf8'));
-  } catch {
-    return null;
-  }
-  const stacks = (parsed as { stacks?: unknown })?.stacks;
+  const stacks = readStacksJson(capture)?.stacks;
   if (typeof stacks !== 'object' || stacks === null) return null;
   const table = new Map<number, readonly string[]>();
   for (const [id, frames] of Object.entries(stacks as Record<string, unknown>)) {

@@ -18,6 +18,8 @@
  * not, what the mode can and cannot see (modeNotes), and for every probe whether it attached.
  */
 import * as fs from 'fs';
+import { randomBytes } from 'node:crypto';
+import { MemslotCache, openMemslotReader, type MemslotReader } from './memslots';
 import { native } from './native';
 import {
   AUTO_ORDER, FALLBACK_HANDLER, FAULTIN_FUNCTIONS, FENTRY_TARGETS, HANDLER_FUNCTIONS, kallsymsHasSymbol, MODE_CHOICES,
@@ -137,6 +139,7 @@ interface NativeTracer {
   open(o: {
     mode: TracerMode; pid: number; ringBytes: number; wakeupBytes: number; coalesce: boolean;
     exits: boolean; rawTracepoints: boolean; invalidationStacks: boolean; verbose: boolean; probes: NativeCatalogue;
+    vmIdKey: bigint;
   }): { retPf: Record<string, number>; rangeIsGfn: boolean; btf: string; probes: ProbeStatus[] };
   load(): void;
   attach(): ProbeStatus[];
@@ -163,6 +166,8 @@ interface Resolved {
   invalidationStacks: boolean;
   verbose: boolean;
   signal?: AbortSignal;
+  /** the records' vm_id key, shared with the memslot iterator (Tracer.memslots) */
+  vmIdKey: bigint;
 }
 
 function isAbortSignal(x: unknown): x is AbortSignal {
@@ -226,6 +231,7 @@ export function resolveTracerOptions(options: TracerOptions = {}): Resolved {
     invalidationStacks: options.invalidationStacks === undefined ? true : checkBool('invalidationStacks', options.invalidationStacks),
     verbose: checkBool('verbose', options.verbose),
     signal: options.signal,
+    vmIdKey: randomBytes(8).readBigUInt64LE(0),
   };
 }
 
@@ -278,6 +284,7 @@ function attempt(mode: TracerMode, o: Resolved, rawTracepoints: boolean, catalog
     const info = t.open({
       mode, pid: o.pid, ringBytes: o.ringBytes, wakeupBytes: o.wakeupBytes, coalesce: o.coalesce,
       exits: o.exits, rawTracepoints, invalidationStacks: o.invalidationStacks, verbose: o.verbose, probes: catalogue.forMode(mode),
+      vmIdKey: o.vmIdKey,
     });
     t.load();
     const probes = t.attach();
@@ -381,10 +388,14 @@ export class Tracer {
   private finalStats: Omit<TracerStats, 'stream'> | null = null;
   private readonly signal?: AbortSignal;
   private readonly onAbort = (): void => this.close();
+  private readonly vmIdKey: bigint | undefined;
+  private memslotReader: MemslotReader | null = null;
+  private memslotCache: MemslotCache | null = null;
 
   /** @internal use openTracer() */
-  constructor(a: Attempt, failed: { mode: TracerMode; error: TracerError }[], signal?: AbortSignal) {
+  constructor(a: Attempt, failed: { mode: TracerMode; error: TracerError }[], signal?: AbortSignal, vmIdKey?: bigint) {
     this.nativeTracer = a.native;
+    this.vmIdKey = vmIdKey;
     this.mode = a.mode;
     this.retPf = Object.freeze({ ...a.info.retPf });
     this.rangeIsGfn = a.info.rangeIsGfn;
@@ -447,8 +458,37 @@ export class Tracer {
     return ips ? Array.from(ips, (ip) => symbols.resolve(ip)) : null;
   }
 
+  /**
+   * Every VM's memslots, with VM ids equal to this tracer's records' vm_id (the memslot iterator
+   * is loaded with the tracer's key): what lib/sources.ts matches invalidations against. Opened
+   * on first use; current() reads once, refreshOnMiss() again at most once a second, refresh()
+   * at once (a caller's timer). Without the iterator (no BTF for it, no permission) the cache's
+   * current() is null and .error says why.
+   */
+  memslots(): MemslotCache {
+    if (!this.memslotCache) {
+      let openFailed: string | null = null;  // loading the object again each second would not help
+      this.memslotCache = new MemslotCache(() => {
+        if (!this.nativeTracer) return null;
+        if (openFailed) throw new Error(openFailed);
+        if (!this.memslotReader) {
+          try {
+            this.memslotReader = openMemslotReader(this.vmIdKey);
+          } catch (e) {
+            throw new Error((openFailed = `the memslot iterator cannot load: ${(e as Error).message}`));
+          }
+        }
+        if (this.memslotReader.unavailable) throw new Error((openFailed = this.memslotReader.unavailable));
+        return this.memslotReader.read();
+      });
+    }
+    return this.memslotCache;
+  }
+
   /** Detaches every probe and frees the BPF object. Idempotent; safe from signal handlers. */
   close(): void {
+    this.memslotReader?.close();
+    this.memslotReader = null;
     const t = this.nativeTracer;
     if (!t) return;
     this.nativeTracer = null;  // first: the stream's onClose calls back into close()
@@ -481,7 +521,7 @@ export async function openTracer(options: TracerOptions = {}): Promise<Tracer> {
   for (const mode of order) {
     try {
       const a = mode === 'tracepoint' ? attemptTracepoint(o, catalogue) : attempt(mode, o, false, catalogue);
-      return new Tracer(a, failed, o.signal);
+      return new Tracer(a, failed, o.signal, o.vmIdKey);
     } catch (e) {
       const err = toTracerError(e, 'LOAD_FAILED');
       if (o.mode !== 'auto' || FATAL_FOR_ALL_MODES.has(err.code)) throw err;

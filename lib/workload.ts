@@ -59,6 +59,12 @@ export interface WorkloadOptions {
    *  madvise(MADV_DONTNEED) calls on the region's first page, one mmu_notifier invalidation
    *  (one mmu_invalidate_seq increment) each. Needs runs >= 2. Default 0 (none). */
   burst?: number;
+  /** Before run 2, after the burst: this many single-page madvise(MADV_DONTNEED) calls on a page
+   *  of the VMM's own memory that is in no memslot (a private anonymous page mapped for it), then
+   *  its munmap: invalidations of the VMM's address space that are no VM's guest memory (KVM's
+   *  notifier and the kvm_unmap_hva_range tracepoint fire for them too). Needs runs >= 2.
+   *  Default 0 (none). */
+  heapBurst?: number;
   /** madvise(MADV_MERGEABLE) on guest memory: with KSM running (/sys/kernel/mm/ksm/run = 1)
    *  ksmd may merge the guest's identical pages (every touched page holds the same byte), each
    *  merge an mmu_notifier invalidation from ksmd. Default false. */
@@ -124,6 +130,11 @@ export interface WorkloadRun {
   efaultRetries: number;
   /** Burst calls (options.burst) made before this run: run 2 only. Not in `invalidations`. */
   burst: number;
+  /** Heap burst calls (options.heapBurst) made before this run: run 2 only. Not in `invalidations`. */
+  heapBurst: number;
+  /** Wall time of the burst and of the heap burst (0 when none): calls / time is their true rate. */
+  burstMs: number;
+  heapBurstMs: number;
   /** KVM's pf_taken delta, all vCPUs: every fault KVM handled, retried ones included. */
   faults: number;
   /** pf_taken - pf_fixed - pf_spurious - pf_emulate: faults KVM abandoned and the guest retried
@@ -172,6 +183,7 @@ export interface NormalizedWorkloadOptions {
   invalidateIntervalUs: number;
   host: 'auto' | 'pvm' | 'vmx' | 'svm';
   burst: number;
+  heapBurst: number;
   burstProgressMs: number;
   mergeable: boolean;
 }
@@ -259,6 +271,8 @@ export function normalizeWorkloadOptions(options: WorkloadOptions = {}): Normali
   }
   const burst = integer('burst', o.burst, 0, Number.MAX_SAFE_INTEGER, 0);
   if (burst > 0 && runs === 1) throw new RangeError('options.burst comes before run 2: it needs options.runs >= 2');
+  const heapBurst = integer('heapBurst', o.heapBurst, 0, Number.MAX_SAFE_INTEGER, 0);
+  if (heapBurst > 0 && runs === 1) throw new RangeError('options.heapBurst comes before run 2: it needs options.runs >= 2');
   for (const cb of ['onStart', 'onRun', 'onBurstProgress'] as const) {
     if (o[cb] !== undefined && typeof o[cb] !== 'function') throw new TypeError(`options.${cb} must be a function`);
   }
@@ -279,6 +293,7 @@ export function normalizeWorkloadOptions(options: WorkloadOptions = {}): Normali
     invalidateIntervalUs: integer('invalidateIntervalUs', o.invalidateIntervalUs, 0, 10_000_000, 100),
     host: oneOf('host', o.host, HOSTS, 'auto'),
     burst,
+    heapBurst,
     burstProgressMs: integer('burstProgressMs', o.burstProgressMs, 10, 60_000, 250),
     mergeable: o.mergeable === undefined ? false : (() => {
       if (typeof o.mergeable !== 'boolean') throw new TypeError('options.mergeable must be a boolean');
@@ -317,6 +332,9 @@ interface RawRun {
   invalidations: number;
   efaultRetries: number;
   burst?: number;
+  heapBurst?: number;
+  burstS?: number;
+  heapBurstS?: number;
   vm: Float64Array;
   vcpu: Float64Array;
 }
@@ -380,6 +398,9 @@ function toRun(raw: RawRun, info: RawInfo, o: NormalizedWorkloadOptions): Worklo
     invalidations: raw.invalidations,
     efaultRetries: raw.efaultRetries,
     burst: raw.burst ?? 0,
+    heapBurst: raw.heapBurst ?? 0,
+    burstMs: (raw.burstS ?? 0) * 1e3,
+    heapBurstMs: (raw.heapBurstS ?? 0) * 1e3,
     faults,
     retries,
     faultsPerSec: raw.durationS > 0 ? faults / raw.durationS : 0,
@@ -465,6 +486,7 @@ export async function runWorkload(options: WorkloadOptions = {}): Promise<Worklo
     invalidateIntervalUs: o.invalidateIntervalUs,
     host: HOST_CODES[o.host],
     burst: o.burst,
+    heapBurst: o.heapBurst,
     mergeable: o.mergeable,
   };
   let rawInfo: RawInfo | undefined;

@@ -37,6 +37,8 @@ describe('60 workload options', () => {
     ['burst with one run', { burst: 10 }, RangeError, 'options.burst comes before run 2: it needs options.runs >= 2'],
     ['burst negative', { runs: 2, burst: -1 }, RangeError, `options.burst must be an integer from 0 to ${Number.MAX_SAFE_INTEGER} (got -1)`],
     ['onBurstProgress', { runs: 2, burst: 1, onBurstProgress: 'x' }, TypeError, 'options.onBurstProgress must be a function'],
+    ['heap burst with one run', { heapBurst: 10 }, RangeError, 'options.heapBurst comes before run 2: it needs options.runs >= 2'],
+    ['heap burst fractional', { runs: 2, heapBurst: 1.5 }, RangeError, `options.heapBurst must be an integer from 0 to ${Number.MAX_SAFE_INTEGER} (got 1.5)`],
   ];
   for (const [what, options, type, message] of bad) {
     it(`rejects ${what} with ${type.name}: ${message}`, async () => {

@@ -10,7 +10,7 @@ import { threadName, vmName } from '../procinfo';
 import { escapeControl } from '../escape';
 import { EXIT_OK, EXIT_PROBLEM } from './errors';
 import { LiveSession, out } from './lifecycle';
-import { InvalidationSources, remedy, sourceRates, VmSources } from '../sources';
+import { InvalidationSources, MemslotMatchStats, remedy, SourceCount, sourceRates, VmSources } from '../sources';
 import { announceMode, humanRate, openTracerForCli } from './live';
 import type { ModeChoice } from './options';
 
@@ -96,7 +96,11 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
   });
 
   // who invalidates each VM (lib/sources.ts): stacks resolved once per id through the tracer
-  const sources = new InvalidationSources((id) => tracer.stack(id));
+  // counted for a VM only inside its memslots (lib/memslots.ts), read again at every frame
+  const memslots = tracer.memslots();
+  const sources = new InvalidationSources((id) => tracer.stack(id), memslots);
+  let prevOutside: { count: number; t: number } = { count: 0, t: Date.now() };
+  let outsideRate = 0;
   let prevSources: { snap: VmSources[]; t: number } = { snap: [], t: Date.now() };
   let sourceRateList: ReturnType<typeof sourceRates> = [];
   const sourceLines = (vmId: string): string[] => {
@@ -141,7 +145,8 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     return fresh;
   };
 
-  const frame = (final: boolean): { lines: string[]; vcpus: (Verdict & { faultsPerSec: number; threadName: string | null })[]; vms: (VmForecast & { name: string | null })[]; sources: VmSources[] } => {
+  const frame = (final: boolean): { lines: string[]; vcpus: (Verdict & { faultsPerSec: number; threadName: string | null })[]; vms: (VmForecast & { name: string | null })[]; sources: VmSources[];
+    match: MemslotMatchStats; outside: SourceCount[] } => {
     const now = Date.now();
     const verdicts = detector.snapshot();
     const vms = detector.forecast().map((vm) => ({ ...vm, name: vmName(vm.pid) }));
@@ -154,7 +159,13 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
     });
     const snap = sources.snapshot();
     sourceRateList = sourceRates(prevSources.snap, snap, now - prevSources.t);
-    if (!final) prevSources = { snap, t: now };
+    const match = sources.matchStats();
+    if (now > prevOutside.t) outsideRate = ((match.outside - prevOutside.count) * 1000) / (now - prevOutside.t);
+    if (!final) {
+      prevSources = { snap, t: now };
+      prevOutside = { count: match.outside, t: now };
+      memslots.refresh();
+    }
     const st = tracer.stats();
     const lines: string[] = [];
     if (o.banner && (tty || o.json || final || !bannerShown)) lines.push(o.banner);
@@ -181,8 +192,15 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       }
     }
     const unknownVm = sourceLines('unknown');
-    if (unknownVm.length) lines.push('invalidations the tracepoint cannot tie to a VM (kernel threads; kprobe/fentry mode names the VM):', ...unknownVm);
-    return { lines, vcpus, vms, sources: snap };
+    if (unknownVm.length) {
+      lines.push(match.enabled ? "invalidations inside several VMs' memslots (same addresses in different VMMs):"
+        : `invalidations the tracepoint cannot tie to a VM (kernel threads; no memslot table: ${match.error ?? '?'}):`, ...unknownVm);
+    }
+    if (match.outside > 0) {
+      const top = sources.outsideGuestMemory().slice(0, 3).map((s) => `${s.source} ${s.count}`).join(', ');
+      lines.push(`outside guest memory (VMM memory in no memslot, counted for no VM): ${humanRate(Math.max(0, outsideRate))}, ${match.outside} in all (${top})`);
+    }
+    return { lines, vcpus, vms, sources: snap, match, outside: sources.outsideGuestMemory() };
   };
 
   const draw = (final: boolean): void => {
@@ -193,7 +211,8 @@ export async function runWatch(o: WatchOptions, session: LiveSession): Promise<W
       const st = tracer.stats();
       out(session, JSON.stringify({ type: final ? 'final' : 'snapshot', time: new Date().toISOString(), mode: tracer.mode, records,
         dropped: st.dropped, kernel: { release: kernel.release, affected: kernel.affected, decidedBy: kernel.decidedBy }, vms: f.vms, vcpus: f.vcpus,
-        sources: f.sources.map((v) => ({ ...v, sources: v.sources.map((x) => ({ ...x, perSec: sourceRateList.find((r) => r.vmId === v.vmId && r.source === x.source)?.perSec ?? 0 })) })) }) + '\n');
+        sources: f.sources.map((v) => ({ ...v, sources: v.sources.map((x) => ({ ...x, perSec: sourceRateList.find((r) => r.vmId === v.vmId && r.source === x.source)?.perSec ?? 0 })) })),
+        outsideGuestMemory: { total: f.match.outside, perSec: Math.max(0, outsideRate), sources: f.outside }, memslotMatch: f.match }) + '\n');
     } else if (tty) {
       for (const a of fresh) alerts.push(a.line);
       while (alerts.length > MAX_ALERTS_SHOWN) alerts.shift();

@@ -31,6 +31,11 @@ Napi::Object InitRecord(Napi::Env env, Napi::Object exports) {
   K(INVALIDATE_END); K(EXIT); K(TEST);
 #undef K
   rec.Set("kinds", kinds);
+  Napi::Object flags = Napi::Object::New(env);
+#define FL(name) flags.Set(#name, Napi::Number::New(env, KF_FLAG_##name))
+  FL(RANGE_GFN); FL(WRITE); FL(EXEC); FL(PRESENT); FL(TDP); FL(RIP_STALE); FL(COALESCED); FL(VM_BY_PID);
+#undef FL
+  rec.Set("flags", flags);
   exports.Set("record", rec);
   return exports;
 }

@@ -677,8 +677,12 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     ro->range_is_gfn = facts.rangeIsGfn;
     ro->wakeup_bytes = wakeupBytes;
     ro->invalidation_stacks = stacks;
+    // vmIdKey: the caller's (lib/tracer.ts shares it with the memslot iterator, so a VM has one
+    // id in both); else random
     uint64_t key = 0;
-    if (getrandom(&key, sizeof key, 0) != sizeof key) key = (uint64_t)time(nullptr) * 0x9e3779b97f4a7c15ULL;
+    bool lossless = true;
+    if (o.Get("vmIdKey").IsBigInt()) key = o.Get("vmIdKey").As<Napi::BigInt>().Uint64Value(&lossless);
+    else if (getrandom(&key, sizeof key, 0) != sizeof key) key = (uint64_t)time(nullptr) * 0x9e3779b97f4a7c15ULL;
     ro->vm_id_key = key;
     auto rp = [&](const char* n) -> int32_t {
       auto it = facts.retPf.find(n);

@@ -218,6 +218,9 @@ class WorkloadWorker : public Napi::AsyncProgressQueueWorker<Msg> {
     o.Set("invalidations", (double)r.head.invalidations);
     o.Set("efaultRetries", (double)r.head.efault_retries);
     o.Set("burst", (double)r.head.burst);
+    o.Set("heapBurst", (double)r.head.heap_burst);
+    o.Set("burstS", r.head.burst_s);
+    o.Set("heapBurstS", r.head.heap_burst_s);
     o.Set("vm", Numbers(env, r.vm));
     o.Set("vcpu", Numbers(env, r.vcpu));
     return o;
@@ -275,6 +278,7 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   opts.invalidate_interval_us = (uint32_t)NumberOr(o, "invalidateIntervalUs", 0);
   opts.host = (int)NumberOr(o, "host", KF_HOST_UNKNOWN);
   opts.burst = (uint64_t)NumberOr(o, "burst", 0);
+  opts.heap_burst = (uint64_t)NumberOr(o, "heapBurst", 0);
   opts.mergeable = o.Get("mergeable").ToBoolean();
 
   Napi::Function on_event;

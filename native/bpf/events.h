@@ -47,6 +47,8 @@ enum kvmfault_kind {
 #define KF_FLAG_TDP        (1u << 4) /* fault->is_tdp */
 #define KF_FLAG_RIP_STALE  (1u << 5) /* rip read from the register cache, may be old */
 #define KF_FLAG_COALESCED  (1u << 6) /* stands for `repeat` (>= 1) events identical to this tid's previous record of this kind */
+#define KF_FLAG_VM_BY_PID  (1u << 7) /* INVALIDATE_START from the tracepoint: vm_id is the VM this process ran last
+                                      * (or unknown), not the notifier's own VM; lib/sources.ts decides by memslot */
 
 struct kvmfault_event {
 	__u64 ts_ns;        /* bpf_ktime_get_ns() */
@@ -137,6 +139,41 @@ struct kvmfault_vcpu_counters {
 static_assert(sizeof(struct kvmfault_vcpu_counters) == KVMFAULT_VCPU_COUNTERS_SIZE, "counters size");
 #elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 _Static_assert(sizeof(struct kvmfault_vcpu_counters) == KVMFAULT_VCPU_COUNTERS_SIZE, "counters size");
+#endif
+
+/*
+ * Guest memory of every VM on the host, as the memslot iterator (kvmcounters.bpf.c,
+ * kvm_vm_memslots) reads it through each VM fd: per VM fd, one struct kvmfault_memslot per
+ * memslot (a guest-physical range and the host virtual range behind it), then one summary record
+ * (KF_MEMSLOT_SUMMARY). lib/sources.ts matches invalidations' hva ranges against the slots. The
+ * walk is bounded: at most KF_MEMSLOTS_MAX slots per address space, and on v5.17+ kernels at most
+ * KF_MEMSLOT_CHAIN slots per bucket of KVM's id hash; the summary says when a bound cut it short.
+ */
+#define KF_MEMSLOTS_MAX 64
+#define KF_MEMSLOT_CHAIN 8
+#define KF_MEMSLOT_SUMMARY   (1u << 0) /* the VM's summary record: no slot in it */
+#define KF_MEMSLOT_TRUNCATED (1u << 1) /* summary: a bound of the walk left slots out */
+#define KF_MEMSLOT_NO_SHAPE  (1u << 2) /* summary: this kernel's struct kvm_memslots is neither known shape */
+
+struct kvmfault_memslot {
+	__u32 pid;            /* process (tgid) holding the VM fd */
+	__u32 fd;             /* the VM fd in that process */
+	__u64 vm_id;          /* the struct kvm pointer, hashed with the iterator's key (the tracer's
+	                       * when lib/tracer.ts opens it, so ids equal the records' vm_id) */
+	__u64 userspace_addr; /* hva of the slot's first page */
+	__u64 npages;         /* slot size in pages (4 KiB) */
+	__u64 base_gfn;       /* guest frame number of the slot's first page */
+	__u16 as_id;          /* address space (x86: 1 = SMM) */
+	__s16 slot_id;        /* KVM's slot id (-1 unknown) */
+	__u32 flags;          /* KF_MEMSLOT_* */
+};
+
+#define KVMFAULT_MEMSLOT_SIZE 48
+
+#if defined(__cplusplus)
+static_assert(sizeof(struct kvmfault_memslot) == KVMFAULT_MEMSLOT_SIZE, "memslot size");
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+_Static_assert(sizeof(struct kvmfault_memslot) == KVMFAULT_MEMSLOT_SIZE, "memslot size");
 #endif
 
 #endif /* KVMFAULT_EVENTS_H */

@@ -43,6 +43,13 @@ struct kvm_page_fault___noseq {
 	gfn_t gfn;
 };
 
+/* Before a54d806688fe (v5.17) an address space's memslots were an array sorted by gfn, used_slots
+ * long, inside struct kvm_memslots itself (no id hash, no node_idx). */
+struct kvm_memslots___array {
+	int used_slots;
+	struct kvm_memory_slot memslots[];
+};
+
 #pragma clang attribute pop
 
 /* ---- several fields in one read -------------------------------------------------------------

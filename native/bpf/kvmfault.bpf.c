@@ -648,6 +648,7 @@ static __always_inline int on_invalidate(void *ctx, __u64 start, __u64 end, stru
 	if (kvm) {
 		e.vm_id = vm_hash((__u64)kvm);
 	} else {
+		e.flags |= KF_FLAG_VM_BY_PID;
 		__u64 *k = bpf_map_lookup_elem(&kvm_of_tgid, &e.pid);
 		if (k)
 			e.vm_id = vm_hash(*k);

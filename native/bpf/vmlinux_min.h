@@ -37,6 +37,7 @@ typedef u64 kvm_pfn_t;
 /* UAPI values (stable ABI) */
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_STACK_TRACE = 7,
 	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
@@ -79,11 +80,23 @@ struct task_struct {
 	struct hlist_head preempt_notifiers;
 };
 
-/* include/linux/kvm_host.h */
+/* include/linux/kvm_host.h (v5.17+ shape; the array shape before it in kvm_core.bpf.h) */
 struct kvm_memory_slot {
+	struct hlist_node id_node[2];
 	gfn_t base_gfn;
 	unsigned long npages;
 	unsigned long userspace_addr;
+	short id;
+	u16 as_id;
+};
+
+/* one address space's memslots: since a54d806688fe ("KVM: Keep memslots in tree-based
+ * structures instead of array-based ones", v5.17) found by id in a 128-bucket hash, each slot
+ * linked through id_node[node_idx] */
+struct kvm_memslots {
+	u64 generation;
+	struct hlist_head id_hash[128];
+	int node_idx;
 };
 
 /* include/linux/mmu_notifier.h: the notifier KVM registers per VM (embedded in struct kvm) and
@@ -100,6 +113,7 @@ struct mmu_notifier_range {
 
 struct kvm {
 	struct mmu_notifier mmu_notifier;
+	struct kvm_memslots *memslots[2];  /* per address space (x86: 1 is SMM) */
 	unsigned long mmu_invalidate_seq;
 	long mmu_invalidate_in_progress;
 	gfn_t mmu_invalidate_range_start;
@@ -146,7 +160,8 @@ struct kvm_vcpu {
 	struct kvm_vcpu_stat stat;
 };
 
-/* include/linux/fs.h, dcache.h: a vCPU fd is an anon-inode file named "kvm-vcpu:<id>" */
+/* include/linux/fs.h, dcache.h: a vCPU fd is an anon-inode file named "kvm-vcpu:<id>", a VM fd
+ * one named "kvm-vm" */
 struct qstr {
 	const unsigned char *name;
 };

@@ -69,6 +69,11 @@ struct kf_workload_opts {
 	 * single-page madvise(MADV_DONTNEED) calls on the region's first page, one mmu_notifier
 	 * invalidation (one mmu_invalidate_seq increment) each. Cancellable; 0 = none. */
 	uint64_t burst;
+	/* After that burst (or alone): this many single-page madvise(MADV_DONTNEED) calls on a page of
+	 * the VMM's own memory that is no VM's guest memory (a private anonymous page mapped for it,
+	 * in no memslot): mmu_notifier invalidations of the VMM's address space that touch no guest
+	 * page (issue 17: they must not be counted as the VM's). 0 = none. */
+	uint64_t heap_burst;
 	/* madvise(MADV_MERGEABLE) on guest memory: KSM (when /sys/kernel/mm/ksm/run is 1) may
 	 * merge the guest's identical pages, which invalidates them (issue 17's KSM source). */
 	int mergeable;
@@ -98,6 +103,9 @@ struct kf_run {
 	uint64_t invalidations;      /* madvise/remap/mprotect calls on the region in this run */
 	uint64_t efault_retries;     /* KVM_RUN -EFAULT while a remap/mprotect left a hole (retried) */
 	uint64_t burst;              /* opts.burst calls made before this run (run 2 only), not in invalidations */
+	uint64_t heap_burst;         /* opts.heap_burst calls made before this run (run 2 only), not in invalidations */
+	double burst_s;              /* wall time of the burst, and of the heap burst (0: none) */
+	double heap_burst_s;
 	uint64_t *vm_delta;          /* [vms][n_vm_stats] */
 	uint64_t *vcpu_delta;        /* [vms * vcpus][n_vcpu_stats], vCPU j of VM i at i * vcpus + j */
 };

@@ -143,12 +143,20 @@ Scrape config and alert rules: docs/prometheus.md`)
           const tracer = await openTracerForCli({ mode: opts.mode, pid: opts.pid }, session);
           const kernel = hostKernel();
           const detector = new StaleFaultDetector({ retPf: retPfTable(tracer.retPf, kernel), kernel });
-          const sources = new InvalidationSources((id) => tracer.stack(id));
-          const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode, sources: () => sources.snapshot() });
+          // invalidations counted for a VM only inside its memslots, read again every interval
+          const memslots = tracer.memslots();
+          const sources = new InvalidationSources((id) => tracer.stack(id), memslots);
+          const metrics = new FaultMetrics({ detector, tracerStats: () => tracer.stats(), kernel, mode: tracer.mode, sources: () => sources.snapshot(),
+            outsideGuestMemory: () => sources.outsideGuestMemory(), memslotMatch: () => sources.matchStats() });
+          const refresh = setInterval(() => memslots.refresh(), opts.interval * 1000);
           await serve(opts, session, metrics.registry, `${tracer.mode} mode`, async () => {
-            for await (const batch of tracer.events({ signal: session.signal })) {
-              detector.push(batch);
-              sources.add(batch);
+            try {
+              for await (const batch of tracer.events({ signal: session.signal })) {
+                detector.push(batch);
+                sources.add(batch);
+              }
+            } finally {
+              clearInterval(refresh);
             }
             tracer.close();
           });

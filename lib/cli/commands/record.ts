@@ -7,6 +7,7 @@
  */
 import type { Command } from 'commander';
 import { CaptureWriter, liveCaptureMeta } from '../../capture';
+import { MemslotHistory } from '../../memslots';
 import { InvalidationSources, stacksFilePath, writeStacksFile } from '../../sources';
 import { findRunningVms } from '../../doctor';
 import { EventBatch, RECORD_SIZE, RecordBatch } from '../../record';
@@ -91,7 +92,14 @@ terminal, and printed once at the end otherwise.`)
         if (!opts.quiet && status.enabled) timer = setInterval(() => status.update(progress()), 500);
 
         // the invalidations' kernel stacks, resolved while the tracer (its stack map) is open
-        const sources = new InvalidationSources((id) => tracer.stack(id));
+        // and every VM's memslots seen meanwhile (read on a range no VM holds, at most once a second,
+        // and every 5 s), so analyze can count invalidations per VM by memslot as watch does
+        const memslots = tracer.memslots();
+        const seenSlots = new MemslotHistory();
+        memslots.onRead = (index) => seenSlots.add(index);
+        const sources = new InvalidationSources((id) => tracer.stack(id), memslots);
+        const slotTimer = setInterval(() => memslots.refresh(), 5000);
+        session.signal.addEventListener('abort', () => clearInterval(slotTimer), { once: true });
         for await (const batch of tracer.events({ signal: session.signal })) {
           sources.add(batch);
           // the file's size once these records and the end chunk are written
@@ -106,6 +114,7 @@ terminal, and printed once at the end otherwise.`)
           session.stop('limit');
           break;
         }
+        clearInterval(slotTimer);
         const st = tracer.stats();
         tracer.close();
         try {
@@ -116,7 +125,7 @@ terminal, and printed once at the end otherwise.`)
         const stacks = sources.stacks();
         if (Object.keys(stacks).length > 0) {
           try {
-            writeStacksFile(opts.output, stacks);
+            writeStacksFile(opts.output, stacks, seenSlots.all());
           } catch (e) {
             process.stderr.write(`kvmfault: cannot write ${stacksFilePath(opts.output)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): analyze names invalidation sources by comm only\n`);
           }
