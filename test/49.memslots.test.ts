@@ -197,7 +197,12 @@ describe('49 memslots: invalidations counted for a VM only inside its memory', (
     const inB = { pid: 200, vm: B, byPid: true, comm: 'kvmfault-wl', start: 0x7e0000000000, end: 0x7e0000001000, stack: 1 };
     src.add(records([inB]).batch());            // first read; miss; refresh at once is not due (same instant)
     assert.equal(reads, 1);
-    assert.deepEqual(src.outsideGuestMemory().map((s) => s.count), [1]);
+    // the table predates VM B: counted as the record says (unchecked), never as outside guest memory
+    assert.deepEqual(src.outsideGuestMemory(), []);
+    assert.deepEqual([counts(src)['00000000000000bb'], src.matchStats().unchecked], [{ 'vmm-madvise': 1 }, 1]);
+    // a VMM the table does not know, its VM not yet named (no fault seen): unchecked too
+    src.add(records([{ pid: 300, byPid: true, comm: 'qemu', start: 0x5500000000, end: 0x5500001000, stack: 1 }]).batch());
+    assert.deepEqual([src.outsideGuestMemory(), src.matchStats().unchecked], [[], 2]);
     table = TABLE;                               // VM B appears
     now = 999;
     src.add(records([inB]).batch());
@@ -205,7 +210,7 @@ describe('49 memslots: invalidations counted for a VM only inside its memory', (
     now = 1000;
     src.add(records([inB, inB]).batch());
     assert.equal(reads, 2, 'read again once on the miss, then the table has VM B');
-    assert.deepEqual(counts(src)['00000000000000bb'], { 'vmm-madvise': 2 });
+    assert.deepEqual(counts(src)['00000000000000bb'], { 'vmm-madvise': 4 }, '2 unchecked (table older than VM B) + 2 matched');
 
     // VM B shuts down: its last records still reach user space after the next read
     table = [TABLE[0]];
