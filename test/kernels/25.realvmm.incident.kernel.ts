@@ -28,11 +28,13 @@ const VCPU_THREAD = 'CPU 0/KVM';
 const MARK1 = 'KVMFAULT-GUEST-INIT';
 const MARK2 = 'KVMFAULT-GUEST-TOUCHED';
 const TOUCH_MIB = 16;
-/** the fixed guest runs until its firmware has printed and KVM has mapped BOOT_MIN_MAPPED of its
- *  faults (or /init's last marker came), then BOOT_OBSERVE_MS more, never longer than BOOT_CAP_MS.
- *  A condition, not a fixed time: on an idle machine the firmware prints within ~10 s, but with
- *  the other core busy the nested guest once printed only its first escape codes in 90 s (237
- *  faults mapped). Under our nested SVM on TCG its kernel boots, but /init's output has not been
+/** the fixed guest runs until its firmware has written to the serial port and KVM has mapped
+ *  BOOT_MIN_MAPPED of its faults (or /init's last marker came), then BOOT_OBSERVE_MS more, never
+ *  longer than BOOT_CAP_MS. A condition, not a fixed time, and not SeaBIOS's banner: on an idle
+ *  machine the banner comes within ~10 s, but twice (the other core busy) the nested guest wrote
+ *  only its first bytes ("\ec\e[?7l\e[2J\e[0mSeaBIO") and then nothing for 90 s / 300 s while
+ *  KVM kept mapping (237 / 238 faults) and no vCPU was stuck. Any byte is the guest's own
+ *  instruction stream past the reset vector; the bug kernel writes none and maps none. Under our nested SVM on TCG its kernel boots, but /init's output has not been
  *  seen within 420 s (open: see docs/notes.md), so the test asserts what the guest does
  *  meanwhile: it runs, its faults are mapped, nothing is stuck; the markers are reported when
  *  they come. */
@@ -173,7 +175,7 @@ async function runFixed(kernel: string, initrd: string): Promise<FixedRun> {
     });
     const qc = q;
     const qemuPid = qc.proc.pid!;
-    const booted = (): boolean => marks.m2 !== null || (/SeaBIOS/.test(text) && lastMapped(watch, qemuPid) >= BOOT_MIN_MAPPED);
+    const booted = (): boolean => marks.m2 !== null || (text.length > 0 && lastMapped(watch, qemuPid) >= BOOT_MIN_MAPPED);
     await Promise.race([qc.exited, waitFor(booted, BOOT_CAP_MS)]);
     const observeMs = Math.min(BOOT_OBSERVE_MS, Math.max(1000, BOOT_CAP_MS - (monoNs() - t0) / 1e6));
     const done = await Promise.race([qc.exited.then(() => true), deadline(observeMs)]);
@@ -318,12 +320,14 @@ describe(`real VMM on incident kernel ${LINE || '(no line)'}: host QEMU -enable-
   }
 
   if (VARIANT !== 'bug') {
-    it(`the guest runs past the reset vector on the fixed kernel: SeaBIOS and its kernel print, KVM maps its faults, ${BOOT_MIN_MAPPED} or more (the bug kernel: none), within ${BOOT_CAP_MS / 1000} s`, () => {
+    it(`the guest runs past the reset vector on the fixed kernel: its firmware writes to the serial port and KVM maps its faults, ${BOOT_MIN_MAPPED} or more (the bug kernel: no byte, none), within ${BOOT_CAP_MS / 1000} s`, function () {
       const f = gotFixed();
       const mapped = Math.max(0, ...f.snapshots.flatMap((s) => s.vcpus.filter((v) => v.pid === f.qemuPid).map((v) => v.mapped)));
       report('realvmm-boot', { qemuS: f.qemuS, mark1S: f.mark1S, mark2S: f.mark2S, qemuExit: f.qemuExit, mapped, outBytes: f.out.length });
-      assert.match(f.out, /SeaBIOS/, `QEMU's firmware printed nothing: ${f.out.slice(-1000)}\n${f.qemuStderr.slice(-1000)}`);
+      assert.ok(f.out.length > 0, `QEMU's guest wrote nothing to its serial port: ${f.qemuStderr.slice(-1000)}`);
       assert.ok(mapped >= BOOT_MIN_MAPPED, `the tracer saw ${mapped} mapped faults of QEMU's vCPU (the bug kernel maps none)`);
+      // how far it got, in the title: the banner (usually) or only its first bytes (a loaded host)
+      this.test!.title += /SeaBIOS/.test(f.out) ? ': SeaBIOS banner seen' : `: ${f.out.length} bytes, no full banner (nested guest slowed)`;
     });
 
     it('no vCPU is ever stuck: no stuck alert, no stuck vCPU in any snapshot, watch stopped by us', () => {
