@@ -140,7 +140,7 @@ interface NativeTracer {
     mode: TracerMode; pid: number; ringBytes: number; wakeupBytes: number; coalesce: boolean;
     exits: boolean; rawTracepoints: boolean; invalidationStacks: boolean; verbose: boolean; probes: NativeCatalogue;
     vmIdKey: bigint;
-  }): { retPf: Record<string, number>; rangeIsGfn: boolean; btf: string; probes: ProbeStatus[] };
+  }): { retPf: Record<string, number>; rangeIsGfn: boolean; typedKvmLoads: boolean; btf: string; probes: ProbeStatus[] };
   load(): void;
   attach(): ProbeStatus[];
   ringFd(): number;
@@ -341,7 +341,10 @@ function describeMode(a: Attempt): string[] {
     notes.push(
       'vCPU, VM, RIP and the VM\'s invalidation state (mmu_seq, in_progress, range) for probes without a vcpu ' +
       'argument come from the thread\'s KVM preempt notifier (registered for the whole KVM_RUN)' +
-      (running ? '' : '; kvm_running_vcpu is not in kallsyms (CONFIG_KALLSYMS_ALL off), so it cannot be used'));
+      (running ? '' : '; kvm_running_vcpu is not in kallsyms (CONFIG_KALLSYMS_ALL off), so it cannot be used') +
+      (a.info.typedKvmLoads
+        ? '; read with plain loads (KVM is built in and the kernel has bpf_rdonly_cast)'
+        : '; read with bpf_probe_read_kernel (KVM is a module or the kernel has no bpf_rdonly_cast, or raw_tp)'));
     if (attached(/kvm_mmu_pagetable_walk/)) {
       notes.push(
         'FAULT records from kvmmmu:kvm_mmu_pagetable_walk (shadow paging) carry the address KVM walked, a guest-VIRTUAL ' +

@@ -120,6 +120,9 @@ struct KernelFacts {
   std::map<std::string, long long> retPf;
   bool rangeIsGfn = false;
   bool haveKvm = false;
+  // struct kvm_vcpu is vmlinux's own (KVM built in, not a module) and vmlinux has the
+  // bpf_rdonly_cast kfunc: the typed programs may read a cached vCPU / VM with plain loads
+  bool kvmTypedCast = false;
   std::string btfSources;
   std::set<std::string> btfTypedefs;  // btf_trace_<tp> present
   std::set<std::string> btfFuncs;     // FUNC names with "page_fault" or "faultin_pfn" in them
@@ -342,6 +345,7 @@ bool ScanKernelBtf(KernelFacts* out, int* err) {
     return false;
   }
   ScanBtf(vmlinux, scanned);
+  scanned.kvmTypedCast = scanned.haveKvm && btf__find_by_name_kind(vmlinux, "bpf_rdonly_cast", BTF_KIND_FUNC) > 0;
   if (scanned.staleCheckFound) scanned.staleCheckIn = "vmlinux";
   scanned.btfSources = "/sys/kernel/btf/vmlinux";
   if (Exists("/sys/kernel/btf/kvm")) {  // kvm built as a module: its types are split BTF
@@ -677,6 +681,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     ro->range_is_gfn = facts.rangeIsGfn;
     ro->wakeup_bytes = wakeupBytes;
     ro->invalidation_stacks = stacks;
+    ro->kvm_typed_cast = facts.kvmTypedCast && !raw && mode_ != Mode::kKprobe;
     // vmIdKey: the caller's (lib/tracer.ts shares it with the memslot iterator, so a VM has one
     // id in both); else random
     uint64_t key = 0;
@@ -703,6 +708,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     for (auto& kv : facts.retPf) retPf.Set(kv.first, Napi::Number::New(env, (double)kv.second));
     out.Set("retPf", retPf);
     out.Set("rangeIsGfn", facts.rangeIsGfn);
+    out.Set("typedKvmLoads", (bool)skel_->rodata->kvm_typed_cast);
     out.Set("btf", facts.btfSources);
     out.Set("staleCheck", StaleCheckObject(env, facts));
     out.Set("probes", PlanArray(env));

@@ -43,6 +43,11 @@ const volatile bool emit_exits = false;       /* EXIT records (kvm_exit fires on
 const volatile bool range_is_gfn = false;     /* kvm->mmu_invalidate_range_* unit (see kvm_core) */
 const volatile __u64 vm_id_key = 0;           /* random per tracer: vm_id is not a kernel pointer */
 const volatile bool invalidation_stacks = true; /* INVALIDATE_START carries the kernel stack id */
+/* KVM's structs are in vmlinux BTF (KVM built in) and the kernel has bpf_rdonly_cast (6.2+): the
+ * typed programs then read a cached vCPU / VM with plain loads (BPF_PROBE_MEM) instead of
+ * bpf_probe_read_kernel() calls. The loader decides; false keeps the kfunc call dead code, which
+ * the verifier removes (6.1: no such kfunc; KVM as a module: its types are not vmlinux's). */
+const volatile bool kvm_typed_cast = false;
 /* RET_PF_* of this kernel, from its BTF (an anonymous enum: CO-RE cannot relocate it). The
  * probes record ret as is; the values live here so the loaded object states what it was loaded
  * with (bpftool map dump of .rodata) and in-kernel filters can use them without hard-coding. */
@@ -165,6 +170,9 @@ struct {
 	__type(value, struct thread_state);
 } threads SEC(".maps");
 
+/* A kernel pointer as a read-only typed pointer (its loads cannot fault the kernel). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
 /* walks dropped because the instruction emulator made them (bss, read by the loader) */
 __u64 kf_emulator_walks = 0;
 
@@ -173,6 +181,17 @@ __u64 kf_emulator_walks = 0;
 static __always_inline __u64 vm_hash(__u64 kvm)
 {
 	return kf_vm_hash(kvm, vm_id_key);
+}
+
+/* bpf_get_current_pid_tgid()'s value (global tgid << 32 | tid). typed: a tracing program, which
+ * may load them from its task: cheaper than the helper call (measured: bench/RESULTS.md). */
+static __always_inline __u64 current_id(bool typed)
+{
+	if (typed) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		return ((__u64)(__u32)task->tgid << 32) | (__u32)task->pid;
+	}
+	return bpf_get_current_pid_tgid();
 }
 
 /* The pid filter: every program checks it first, before it writes any map. */
@@ -208,9 +227,9 @@ static __always_inline void init_record(struct kvmfault_event *e, __u64 id, __u1
 
 /* A record on the caller's stack (held walks, coalescing, invalidations). Returns false when the
  * pid filter rejects the thread. */
-static __always_inline bool begin(struct kvmfault_event *e, __u16 kind)
+static __always_inline bool begin(struct kvmfault_event *e, __u16 kind, bool typed)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return false;
 	init_record(e, id, kind);
@@ -294,6 +313,17 @@ static __always_inline struct kvm *fill_vcpu(struct kvmfault_event *e, struct kv
 	return kvm;
 }
 
+/* Caches the identity of the vCPU running on this thread (see struct thread_state). */
+static __always_inline void cache_vcpu(struct thread_state *t, __u64 vcpu, __u64 kvm, __u32 vcpu_id, __u64 vm_id)
+{
+	t->vcpu = vcpu;
+	t->notifier = vcpu + bpf_core_field_offset(struct kvm_vcpu, preempt_notifier) +
+		      bpf_core_field_offset(struct preempt_notifier, link);
+	t->kvm = kvm;
+	t->vm_id = vm_id;
+	t->vcpu_id = vcpu_id;
+}
+
 /* Caches a typed vCPU's fixed identity in the thread's state (see struct thread_state); plain
  * loads. False when the vCPU has no VM. */
 static __always_inline bool note_vcpu(struct thread_state *t, struct kvm_vcpu *vcpu)
@@ -301,14 +331,10 @@ static __always_inline bool note_vcpu(struct thread_state *t, struct kvm_vcpu *v
 	struct kvm *kvm = vcpu->kvm;
 	if (!kvm)
 		return false;
-	t->vcpu_id = vcpu->vcpu_id;
 	if (t->vcpu != (__u64)vcpu || t->kvm != (__u64)kvm) {
-		t->vcpu = (__u64)vcpu;
-		t->notifier = (__u64)vcpu + bpf_core_field_offset(struct kvm_vcpu, preempt_notifier) +
-			      bpf_core_field_offset(struct preempt_notifier, link);
-		t->kvm = (__u64)kvm;
 		/* no arithmetic on a BTF pointer: hash the number the map value holds */
-		t->vm_id = vm_hash(*(volatile __u64 *)&t->kvm);
+		t->kvm = (__u64)kvm;
+		cache_vcpu(t, (__u64)vcpu, t->kvm, vcpu->vcpu_id, vm_hash(*(volatile __u64 *)&t->kvm));
 	}
 	return true;
 }
@@ -410,10 +436,21 @@ static __always_inline __u64 fill_current_vcpu(struct kvmfault_event *e, struct 
 {
 	bool cached;
 	struct kvm_vcpu *vcpu = current_vcpu(t, typed, &cached);
-	if (!cached || !t)
-		return (__u64)fill_vcpu(e, vcpu);
+	if (!cached || !t) {
+		struct kvm *kvm = fill_vcpu(e, vcpu);
+		/* Cache what was read: where no probe has the vCPU as an argument (no kvm_exit /
+		 * kvm_page_fault under PVM) this is the only place the cache gets filled. */
+		if (kvm && t)
+			cache_vcpu(t, (__u64)vcpu, (__u64)kvm, e->vcpu_id, e->vm_id);
+		return (__u64)kvm;
+	}
 	e->vcpu_id = t->vcpu_id;
 	e->vm_id = t->vm_id;
+	if (kvm_typed_cast) {
+		fill_rip(e, bpf_rdonly_cast((void *)t->vcpu, bpf_core_type_id_kernel(struct kvm_vcpu)), true);
+		fill_vm_state(e, bpf_rdonly_cast((void *)t->kvm, bpf_core_type_id_kernel(struct kvm)), true);
+		return t->kvm;
+	}
 	fill_rip(e, vcpu, false);
 	fill_vm_state(e, (struct kvm *)t->kvm, false);
 	return t->kvm;
@@ -543,7 +580,7 @@ static __always_inline void flush_held_walks(struct held_walks *h)
 static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr, bool typed)
 {
 	struct kvmfault_event e;
-	if (!begin(&e, KF_FAULT))
+	if (!begin(&e, KF_FAULT, typed))
 		return 0;
 	struct thread_state *t = typed ? thread_state(true) : NULL;
 	/* Shadow paging walks the guest's tables for a guest-VIRTUAL address: addr is a gva here
@@ -573,7 +610,7 @@ static __always_inline int on_pagetable_walk(__u64 addr, __u32 pferr, bool typed
 /* The instruction emulator ran: the held walks were its own, not page faults. */
 static __always_inline int on_emulate_insn(bool typed)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct held_walks *h = held_of(typed ? thread_state(false) : NULL, (__u32)id, typed, false);
@@ -587,7 +624,7 @@ static __always_inline int on_emulate_insn(bool typed)
 /* KVM_RUN returns to userspace: walks still held were faults that did not get an spte. */
 static __always_inline int on_userspace_exit(bool typed)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	flush_held_walks(held_of(typed ? thread_state(false) : NULL, (__u32)id, typed, false));
@@ -598,7 +635,7 @@ static __always_inline int on_userspace_exit(bool typed)
 static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, __u64 error_code, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = typed ? thread_state(true) : NULL;
@@ -618,7 +655,7 @@ static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, _
 static __always_inline int on_spte_requested(struct kvm_page_fault *fault, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = typed ? thread_state(false) : NULL;
@@ -643,7 +680,7 @@ static __always_inline int on_spte_requested(struct kvm_page_fault *fault, bool 
 static __always_inline int on_invalidate(void *ctx, __u64 start, __u64 end, struct kvm *kvm, __u32 event)
 {
 	struct kvmfault_event e;
-	if (!begin(&e, KF_INVALIDATE_START))
+	if (!begin(&e, KF_INVALIDATE_START, false))
 		return 0;
 	if (kvm) {
 		e.vm_id = vm_hash((__u64)kvm);
@@ -683,7 +720,7 @@ static __always_inline int on_notifier_range_start(void *ctx, struct mmu_notifie
 static __always_inline int on_kvm_exit(struct kvm_vcpu *vcpu, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = NULL;
@@ -749,7 +786,7 @@ static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page
 					  __u64 gpa, __u64 error_code, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = typed ? thread_state(true) : NULL;
@@ -786,7 +823,7 @@ static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page
 static __always_inline int on_fault_return(int ret, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = typed ? thread_state(false) : NULL;
@@ -817,7 +854,7 @@ static __always_inline int on_fault_return(int ret, struct kvm_vcpu *vcpu, struc
 static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = typed ? thread_state(true) : NULL;
@@ -841,7 +878,7 @@ static __always_inline int on_faultin_entry(struct kvm_vcpu *vcpu, struct kvm_pa
 static __always_inline int on_faultin_return(int ret, struct kvm_vcpu *vcpu, struct kvm_page_fault *fault, bool typed)
 {
 	struct kvmfault_event stack;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_id(typed);
 	if (!wanted(id))
 		return 0;
 	struct thread_state *t = typed ? thread_state(false) : NULL;
