@@ -37,9 +37,10 @@ export interface RingTestProducer {
   close(): void;
 }
 
-export function openProducer(ringSize: number, wakeupBytes: number): RingTestProducer {
+/** kvmFloor: also load the producer's twins at KVM's walk tracepoint (bench/probe-cost.ts) */
+export function openProducer(ringSize: number, wakeupBytes: number, kvmFloor = false): RingTestProducer {
   const Ctor = native().RingTest;
-  return new Ctor({ ringSize, wakeupBytes }) as RingTestProducer;
+  return new Ctor({ ringSize, wakeupBytes, kvmFloor }) as RingTestProducer;
 }
 
 export type LiveConsumer = 'js-zero-copy' | 'js-copy' | 'c-libbpf' | 'bpftrace';

@@ -43,12 +43,14 @@ class RingTest : public Napi::ObjectWrap<RingTest> {
     Napi::Env env = info.Env();
     uint32_t ringSize = 1u << 20;
     uint64_t wakeupBytes = 0;
+    bool kvmFloor = false;
     if (info.Length() > 0 && info[0].IsObject()) {
       Napi::Object o = info[0].As<Napi::Object>();
       if (o.Has("ringSize") && o.Get("ringSize").IsNumber())
         ringSize = o.Get("ringSize").As<Napi::Number>().Uint32Value();
       if (o.Has("wakeupBytes") && o.Get("wakeupBytes").IsNumber())
         wakeupBytes = static_cast<uint64_t>(o.Get("wakeupBytes").As<Napi::Number>().DoubleValue());
+      kvmFloor = o.Has("kvmFloor") && o.Get("kvmFloor").ToBoolean();
     }
     if (ringSize < 4096 || (ringSize & (ringSize - 1))) {
       Napi::RangeError::New(env, "RingTest: ringSize must be a power of 2 and at least 4096 bytes")
@@ -62,11 +64,15 @@ class RingTest : public Napi::ObjectWrap<RingTest> {
     }
     bpf_map__set_max_entries(skel_->maps.ring, ringSize);
     skel_->rodata->wakeup_bytes = wakeupBytes;
+    // the KVM floor programs: only when asked (their tracepoint exists only with KVM)
+    bpf_program__set_autoload(skel_->progs.walk_floor_nop, kvmFloor);
+    bpf_program__set_autoload(skel_->progs.walk_floor_ring, kvmFloor);
     int err = ringtest_bpf__load(skel_);
     if (err) {
       Destroy();
       kvmfault::ThrowErrno(env, "RingTest: load BPF programs", err ? -err : errno,
-                           "run as root (CAP_BPF + CAP_PERFMON); the kernel needs bpf_loop (5.17+)");
+                           kvmFloor ? "kvmFloor needs KVM's tp_btf tracepoint kvm_mmu_pagetable_walk (KVM loaded, BTF)"
+                                    : "run as root (CAP_BPF + CAP_PERFMON); the kernel needs bpf_loop (5.17+)");
       return;
     }
     err = ringtest_bpf__attach(skel_);

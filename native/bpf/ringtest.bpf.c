@@ -138,3 +138,29 @@ int on_getppid(struct bpf_raw_tracepoint_args *ctx)
 	kf_submit(&ring, e);
 	return 0;
 }
+
+/*
+ * The KVM fault path's floor (bench/probe-cost.ts): what a hit at the tracer's busiest fault
+ * tracepoint costs before the tracer does anything, and what the minimal producer above costs
+ * there instead of at sys_enter. Attached next to the tracer while it runs, so they see the same
+ * hits. Loaded only on request (RingTest({ kvmFloor: true })): a kernel without KVM has no such
+ * tracepoint. walk_floor_ring records every hit of the machine, like the tracer with no pid.
+ */
+SEC("tp_btf/kvm_mmu_pagetable_walk")
+int walk_floor_nop(void *ctx)
+{
+	return 0;
+}
+
+SEC("tp_btf/kvm_mmu_pagetable_walk")
+int walk_floor_ring(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 seq = __sync_fetch_and_add(&next_seq, 1);
+	struct kvmfault_event *e = kf_reserve(&ring, sizeof(*e));
+	if (!e)
+		return 0;
+	fill(e, seq, pid_tgid);
+	kf_submit(&ring, e);
+	return 0;
+}
