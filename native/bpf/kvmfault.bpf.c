@@ -159,6 +159,8 @@ struct thread_state {
 	__u64 vm_id;
 	__u32 vcpu_id;
 	__u32 pad;
+	__u64 remembered_kvm;  /* what this thread last wrote to kvm_of_tgid, and when */
+	__u64 remembered_ns;
 	struct entry_ctx handler;  /* fentry/fexit pairing of the fault handler */
 	struct entry_ctx faultin; /* ... of the fault-in function */
 	struct held_walks held;   /* the tp_btf walk / spte / emulate / userspace-exit programs' */
@@ -243,11 +245,25 @@ static __always_inline struct thread_state *thread_state(bool create)
 				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 }
 
-/* The VM this process runs, for invalidations (their tracepoint has no kvm): once per fault. */
-static __always_inline void remember_kvm(__u32 tgid, __u64 k)
+/* Refresh of kvm_of_tgid by a thread whose VM did not change: at most this often. */
+#define REMEMBER_KVM_NS 1000000ULL
+
+/* The VM this process runs, for invalidations (their tracepoint has no kvm): "the VM this process
+ * ran last", to within REMEMBER_KVM_NS. With the thread's state t (typed programs) a thread
+ * whose VM is the one it wrote less than that ago skips the map (a hash lookup was 60 of a MAP
+ * record's ~370 ns); a thread's VM change is written at once. Exact for the usual one VM per
+ * process; with several VMs in one process the pid names one of them either way (the
+ * tracepoint's records say so: KF_FLAG_VM_BY_PID, and lib/sources.ts decides by memslot). */
+static __always_inline void remember_kvm(struct thread_state *t, __u32 tgid, __u64 k, __u64 now)
 {
 	if (!k)
 		return;
+	if (t) {
+		if (t->remembered_kvm == k && now - t->remembered_ns < REMEMBER_KVM_NS)
+			return;
+		t->remembered_kvm = k;
+		t->remembered_ns = now;
+	}
 	__u64 *seen = bpf_map_lookup_elem(&kvm_of_tgid, &tgid);
 	if (!seen || *seen != k)
 		bpf_map_update_elem(&kvm_of_tgid, &tgid, &k, BPF_ANY);
@@ -647,8 +663,9 @@ static __always_inline int on_page_fault_tp(struct kvm_vcpu *vcpu, __u64 addr, _
 	e->gpa = addr;
 	e->error_code = error_code;
 	__u64 kvm = typed ? fill_vcpu_typed(e, vcpu, t) : (__u64)fill_vcpu(e, vcpu);
+	__u64 now = e->ts_ns;
 	close_record(e);
-	remember_kvm(id >> 32, kvm);
+	remember_kvm(t, id >> 32, kvm, now);
 	return 0;
 }
 
@@ -666,8 +683,9 @@ static __always_inline int on_spte_requested(struct kvm_page_fault *fault, bool 
 		return 0;
 	__u64 kvm = fill_current_vcpu(e, t, typed);
 	fill_fault(e, fault, true, typed);
+	__u64 now = e->ts_ns;
 	close_record(e);
-	remember_kvm(id >> 32, kvm);
+	remember_kvm(t, id >> 32, kvm, now);
 	return 0;
 }
 
@@ -813,8 +831,9 @@ static __always_inline int on_fault_entry(struct kvm_vcpu *vcpu, struct kvm_page
 		e->gpa = gpa;
 		e->error_code = error_code;
 	}
+	__u64 now = e->ts_ns;
 	close_record(e);
-	remember_kvm(id >> 32, kvm);
+	remember_kvm(t, id >> 32, kvm, now);
 	return 0;
 }
 
