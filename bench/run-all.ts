@@ -6,6 +6,7 @@
  *   pipeline    ring → batch → detector records/s
  *   counters    the fault rate with KVM's counters sampled vs off vs the tracer
  *   detector    the detector engineer's bench/detector.ts, run as it is (its own section)
+ * then issue 14's goals from those figures, one row each with met / missed (bench/goals.ts).
  *
  *   node dist/bench/run-all.js [--quick] [--repeats N] [--no-record]
  */
@@ -14,6 +15,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { appendResults, benchEnv, envLine, parseFlags, runMain } from './common';
 import { runE2eBench } from './e2e';
+import { goalsMarkdown, type GoalInputs } from './goals';
 import { runPipelineBench } from './pipeline';
 import { runProbeCostBench } from './probe-cost';
 import { runCountersBench } from './counters';
@@ -27,6 +29,7 @@ runMain(async () => {
   console.log(envLine(env));
   const sections: string[] = [];
   const failed: string[] = [];
+  const goals: GoalInputs = {};
   const step = async (name: string, fn: () => Promise<string>): Promise<void> => {
     console.log(`\n== ${name}`);
     try {
@@ -40,15 +43,15 @@ runMain(async () => {
       console.error(`bench: ${msg}`);
     }
   };
-  await step('ring', async () => (await runRingBench({
+  await step('ring', async () => (goals.ring = await runRingBench({
     ...(flags.quick ? { liveRecords: 300_000, bpftraceRecords: 50_000, repeats: 1, drainRingBytes: 4 << 20, drainRounds: 2 } : {}),
     ...(repeats ? { repeats } : {}), log,
   })).markdown);
-  await step('e2e', async () => (await runE2eBench({
+  await step('e2e', async () => (goals.e2e = await runE2eBench({
     ...(flags.quick ? { repeats: 1, workload: { pattern: 'sequential', sizeMiB: 8, runs: 2, invalidate: 'between' } } : {}),
     ...(repeats ? { repeats } : {}), log,
   })).markdown);
-  await step('probe-cost', async () => (await runProbeCostBench({
+  await step('probe-cost', async () => (goals.probeCost = await runProbeCostBench({
     ...(flags.quick ? { repeats: 1, loadgenCalls: 200_000, workload: { pattern: 'sequential', sizeMiB: 8, runs: 2, invalidate: 'between' } } : {}),
     ...(repeats ? { repeats } : {}), log,
   })).markdown);
@@ -64,12 +67,16 @@ runMain(async () => {
     // owned by the detector's engineer: run it as it is and quote its output
     const script = path.join(__dirname, 'detector.js');
     if (!existsSync(script)) throw new Error(`${script} is not built yet (bench/detector.ts has not landed)`);
-    const r = spawnSync(process.execPath, ['--expose-gc', script, ...(flags.quick ? ['--quick'] : [])], {
+    const r = spawnSync(process.execPath, ['--expose-gc', script, ...(flags.quick ? ['--quick'] : []), ...(flags.record ? [] : ['--no-record'])], {
       encoding: 'utf8', timeout: 600_000,
     });
     if (r.status !== 0) throw new Error(`exit ${r.status ?? r.signal}: ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' ')}`);
+    goals.detectorText = r.stdout;
     return `### Detector (bench/detector.ts output; its own section in this file has the details)\n\n\`\`\`\n${r.stdout.trim()}\n\`\`\``;
   });
+  const goalsMd = goalsMarkdown(goals, `${env.cpu} × ${env.cores}`);
+  sections.push(goalsMd);
+  console.log('\n' + goalsMd);
   if (flags.record) appendResults(`Full run${flags.quick ? ' (--quick: tiny sizes, not for comparison)' : ''}`, env, sections.join('\n\n'));
   if (failed.length) {
     console.error(`\nbench: ${failed.length} scenario(s) failed:\n  ${failed.join('\n  ')}`);
