@@ -61,6 +61,8 @@ export class EventStream implements AsyncIterable<EventBatch> {
   private readonly ring: NativeRing;
   private readonly consumer: RingConsumer;
   private readonly tailTimerMs: number;
+  /** backlog (bytes) below which a stream that has just delivered waits instead of pulling; 0: never */
+  private readonly chaseMinBytes: number;
   private readonly signal: AbortSignal | undefined;
   private readonly onCloseCb: (() => void) | undefined;
   private iterating = false;
@@ -100,6 +102,9 @@ export class EventStream implements AsyncIterable<EventBatch> {
       throw e;
     }
     this.yielded = { value: this.consumer.batch, done: false };
+    // Only with a tail timer: it bounds how long a small backlog can wait (no wakeup comes for
+    // records below the producer's wakeup_bytes).
+    this.chaseMinBytes = tail > 0 ? (this.consumer.maxBatch * RECORD_SIZE) >> 2 : 0;
     this.iterator = {
       next: () => this.next(),
       return: () => {
@@ -143,6 +148,14 @@ export class EventStream implements AsyncIterable<EventBatch> {
     if (this.resolveWait !== null) {
       return Promise.reject(new Error('EventStream: next() called while the previous next() is still pending'));
     }
+    // Behind a producer that keeps writing, every pull would take only the few records written
+    // while the last batch was read: many tiny batches, each a promise and a publish (measured:
+    // ~600 records a batch at 1.7M records/s). Below a quarter batch of backlog, wait for the
+    // next wakeup or the tail timer (at most tailTimerMs later) instead: fewer, fuller batches.
+    if (this.chaseMinBytes > 0 && this.stats.batches > 0) {
+      this.consumer.release();
+      if (this.consumer.backlog() < this.chaseMinBytes) return this.wait();
+    }
     // Releases the batch handed out last time, then looks for more.
     const batch = this.consumer.pull();
     if (batch.length > 0) {
@@ -155,6 +168,10 @@ export class EventStream implements AsyncIterable<EventBatch> {
         setImmediate(() => resolve(this.ended ? DONE : this.deliver(batch.length)));
       });
     }
+    return this.wait();
+  }
+
+  private wait(): Promise<IteratorResult<EventBatch>> {
     this.immediateRun = 0;
     return new Promise<IteratorResult<EventBatch>>((resolve, reject) => {
       this.resolveWait = resolve;
