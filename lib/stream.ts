@@ -30,6 +30,9 @@ export interface StreamOptions {
   /**
    * While waiting, also look at the ring every tailTimerMs (default 10) to pick up records
    * submitted below the producer's wakeup_bytes (no wakeup). 0 disables: poll wakeups only.
+   * With a tail timer, a stream that has just delivered a batch and finds less than a quarter
+   * batch waiting also waits (for the wakeup or the timer) rather than pull a tiny batch: a
+   * record may then reach you up to tailTimerMs later, in fewer, fuller batches.
    */
   tailTimerMs?: number;
   /** Called once when the iteration ends for any reason (end, break, exception, abort, close). */
