@@ -92,6 +92,30 @@ describe('30 tracer on a real KVM guest (tracepoint mode, any host kind)', funct
     assert.ok(lastSeq > 0, 'mmu_invalidate_seq should have moved after MADV_DONTNEED');
   });
 
+  it('fault-entry records carry the vCPU, its VM, RIP and invalidation state, like the MAP records', async () => {
+    // Under PVM no probe has the vCPU as an argument: these come from the thread's cached vCPU
+    // (filled by the first record's reads), on other hosts from kvm:kvm_page_fault's argument.
+    const { records, result } = await traceWorkload({ sizeMiB: 1, runs: 2, invalidate: 'between' });
+    const tid = result.tids[0];
+    const mapVm = new Set<string>(), faultVm = new Set<string>();
+    let faults = 0;
+    for (let i = 0; i < records.length; i++) {
+      if (records.tid(i) !== tid) continue;
+      const kind = records.kind(i);
+      if (kind === Kind.MAP) mapVm.add(records.get(i).vmId);
+      if (kind !== Kind.FAULT) continue;
+      faults++;
+      faultVm.add(records.get(i).vmId);
+      assert.equal(records.vcpuId(i), 0, 'FAULT vcpu_id');
+      assert.notEqual(records.get(i).rip, null, 'FAULT rip unknown');
+      assert.notEqual(records.mmuSeq(i), UNKNOWN, 'FAULT mmu_seq unknown');
+      assert.ok(records.inProgress(i) >= 0, 'FAULT in_progress unknown');
+    }
+    assert.ok(faults >= result.total.faults, `${faults} FAULT records for ${result.total.faults} faults`);
+    assert.equal(mapVm.size, 1);
+    assert.deepEqual([...faultVm], [...mapVm], 'FAULT and MAP records name different VMs');
+  });
+
   it('with in-kernel coalescing the sum of repeat still equals pf_taken', async () => {
     const { records, result, dropped } = await traceWorkload({ sizeMiB: 1, runs: 1 }, { coalesce: true });
     assert.equal(dropped, 0);
