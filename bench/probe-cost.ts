@@ -58,7 +58,13 @@ export interface ProbeCostResult {
 
 /** issue 14: a KVM program's cost per hit ≤ this × the minimal producer's, same machine, same run */
 const TARGET_RATIO = 1.3;
-const FLOOR_SOURCE = 'floor at kvm_mmu_pagetable_walk';
+export const FLOOR_SOURCE = 'floor at the fault tracepoints';
+/** the floor programs (native/bpf/ringtest.bpf.c): an empty one and the ringtest body, per tracepoint */
+const FLOORS = [
+  { tracepoint: 'kvm_mmu_pagetable_walk', nop: 'walk_floor_nop', ring: 'walk_floor_ring' },
+  { tracepoint: 'kvm_page_fault', nop: 'pf_floor_nop', ring: 'pf_floor_ring' },
+] as const;
+const FLOOR_NAMES: ReadonlySet<string> = new Set(FLOORS.flatMap((f) => [f.nop, f.ring]));
 
 function tracerOptions(mode: AttachMode): { mode: 'tracepoint' | 'kprobe' | 'fentry'; rawTracepoints: boolean } {
   return mode === 'raw' ? { mode: 'tracepoint', rawTracepoints: true } : { mode, rawTracepoints: false };
@@ -77,11 +83,11 @@ type RunCost = { name: string; runCount: number; runTimeNs: number };
 
 /**
  * Runs `run` (the tracer in tracepoint mode over the workload) with the ringtest producer's twins
- * attached at the same tracepoint as the tracer's walk program (native/bpf/ringtest.bpf.c:
- * walk_floor_nop does nothing, walk_floor_ring does on_getppid's work), so the floor of a hit
- * there is measured over the very hits the tracer's programs see.
+ * attached at the tracer's per-fault tracepoints (native/bpf/ringtest.bpf.c: *_floor_nop do
+ * nothing, *_floor_ring do on_getppid's work), so the floor of a hit there is measured over the
+ * very hits the tracer's programs see.
  */
-async function withWalkFloor(run: () => Promise<RunCost[]>, log: (line: string) => void): Promise<{ tracer: RunCost[]; floor: RunCost[] }> {
+async function withFaultFloor(run: () => Promise<RunCost[]>, log: (line: string) => void): Promise<{ tracer: RunCost[]; floor: RunCost[] }> {
   let producer: ReturnType<typeof openProducer>;
   try {
     producer = openProducer(32 << 20, 1 << 20, true);
@@ -93,13 +99,13 @@ async function withWalkFloor(run: () => Promise<RunCost[]>, log: (line: string) 
   const abort = new AbortController();
   const stream = new EventStream(producer.ringFd(), { signal: abort.signal });
   const drained = (async () => {
-    for await (const batch of stream) void batch; // walk_floor_ring's consumer: keeps its ring from filling
+    for await (const batch of stream) void batch; // the *_floor_ring programs' consumer: keeps their ring from filling
   })();
   try {
     const before = bpfProgStats();
     const tracer = await run();
     const floor = progDeltas(before, bpfProgStats())
-      .filter((p) => p.name === 'walk_floor_nop' || p.name === 'walk_floor_ring')
+      .filter((p) => FLOOR_NAMES.has(p.name))
       .map((p) => ({ name: p.name, runCount: p.runCount, runTimeNs: p.runTimeNs }));
     return { tracer, floor };
   } finally {
@@ -205,7 +211,7 @@ export async function runProbeCostBench(options: ProbeCostOptions = {}): Promise
       for (const mode of modes) {
         try {
           if (mode === 'tracepoint') {
-            const { tracer, floor } = await withWalkFloor(() => kvmTracerCost(workload, mode), log);
+            const { tracer, floor } = await withFaultFloor(() => kvmTracerCost(workload, mode), log);
             add(`kvm tracer (${mode})`, tracer);
             add(FLOOR_SOURCE, floor);
           } else {
@@ -253,22 +259,37 @@ export async function runProbeCostBench(options: ProbeCostOptions = {}): Promise
   return { programs, unavailable, referenceNs: reference, markdown };
 }
 
+export interface FaultFloor { tracepoint: string; nopNs: number; ringNs: number }
+
+/**
+ * The floor at the tracepoint that fired on every fault of the run (the walk under shadow
+ * paging, kvm_page_fault on VMX/SVM): the one whose floor programs ran most. Null when none ran.
+ */
+export function faultFloor(programs: readonly ProgramCost[]): FaultFloor | null {
+  let best: (FaultFloor & { runs: number }) | null = null;
+  for (const f of FLOORS) {
+    const nop = programs.find((p) => p.source === FLOOR_SOURCE && p.program === f.nop);
+    const ring = programs.find((p) => p.source === FLOOR_SOURCE && p.program === f.ring);
+    if (!nop || !ring || (best && best.runs >= ring.runCount)) continue;
+    best = { tracepoint: f.tracepoint, nopNs: nop.nsPerRun.median, ringNs: ring.nsPerRun.median, runs: ring.runCount };
+  }
+  return best && { tracepoint: best.tracepoint, nopNs: best.nopNs, ringNs: best.ringNs };
+}
+
 /**
  * What the floor rows say: the tracer's tracepoint programs against the minimal producer at their
- * own tracepoint (walk_floor_ring), and how much of that producer is the bare hit (walk_floor_nop).
+ * own per-fault tracepoint, and how much of that producer is the bare hit.
  */
 function floorLines(programs: ProgramCost[]): string[] {
-  const ns = (source: string, program: string): number | undefined =>
-    programs.find((p) => p.source === source && p.program === program)?.nsPerRun.median;
-  const nop = ns(FLOOR_SOURCE, 'walk_floor_nop'), ring = ns(FLOOR_SOURCE, 'walk_floor_ring');
-  if (nop === undefined || ring === undefined) return [];
+  const f = faultFloor(programs);
+  if (!f) return [];
   const tracer = programs.filter((p) => p.source === 'kvm tracer (tracepoint)' && p.runCount > 1000);
   return [
     '',
-    `At the tracer's own tracepoint (kvm_mmu_pagetable_walk, the same hits): a program that does nothing costs ` +
-      `${nop.toFixed(0)} ns per hit, the ringtest producer's work there ${ring.toFixed(0)} ns.` +
+    `At the tracer's own per-fault tracepoint (${f.tracepoint}, the same hits): a program that does nothing costs ` +
+      `${f.nopNs.toFixed(0)} ns per hit, the ringtest producer's work there ${f.ringNs.toFixed(0)} ns.` +
       (tracer.length ? ' The tracer against that same-point producer: ' +
-        tracer.map((p) => `${p.program} ${(p.nsPerRun.median / ring).toFixed(2)}×`).join(', ') + '.' : ''),
+        tracer.map((p) => `${p.program} ${(p.nsPerRun.median / f.ringNs).toFixed(2)}×`).join(', ') + '.' : ''),
   ];
 }
 

@@ -67,11 +67,13 @@ class RingTest : public Napi::ObjectWrap<RingTest> {
     // the KVM floor programs: only when asked (their tracepoint exists only with KVM)
     bpf_program__set_autoload(skel_->progs.walk_floor_nop, kvmFloor);
     bpf_program__set_autoload(skel_->progs.walk_floor_ring, kvmFloor);
+    bpf_program__set_autoload(skel_->progs.pf_floor_nop, kvmFloor);
+    bpf_program__set_autoload(skel_->progs.pf_floor_ring, kvmFloor);
     int err = ringtest_bpf__load(skel_);
     if (err) {
       Destroy();
       kvmfault::ThrowErrno(env, "RingTest: load BPF programs", err ? -err : errno,
-                           kvmFloor ? "kvmFloor needs KVM's tp_btf tracepoint kvm_mmu_pagetable_walk (KVM loaded, BTF)"
+                           kvmFloor ? "kvmFloor needs KVM's tp_btf tracepoints kvm_mmu_pagetable_walk and kvm_page_fault (KVM loaded, BTF)"
                                     : "run as root (CAP_BPF + CAP_PERFMON); the kernel needs bpf_loop (5.17+)");
       return;
     }

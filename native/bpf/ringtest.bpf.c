@@ -146,11 +146,13 @@ int on_getppid(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /*
- * The KVM fault path's floor (bench/probe-cost.ts): what a hit at the tracer's busiest fault
- * tracepoint costs before the tracer does anything, and what the minimal producer above costs
- * there instead of at sys_enter. Attached next to the tracer while it runs, so they see the same
- * hits. Loaded only on request (RingTest({ kvmFloor: true })): a kernel without KVM has no such
- * tracepoint. walk_floor_ring records every hit of the machine, like the tracer with no pid.
+ * The KVM fault path's floor (bench/probe-cost.ts): what a hit at the tracer's per-fault
+ * tracepoints costs before the tracer does anything, and what the minimal producer above costs
+ * there instead of at sys_enter. kvm_mmu_pagetable_walk fires on every fault under shadow paging
+ * (PVM), kvm_page_fault on every fault of a VMX/SVM exit handler; the bench takes whichever
+ * fired. Attached next to the tracer while it runs, so they see the same hits. Loaded only on
+ * request (RingTest({ kvmFloor: true })): a kernel without KVM has no such tracepoints. The
+ * *_ring programs record every hit of the machine, like the tracer with no pid.
  */
 SEC("tp_btf/kvm_mmu_pagetable_walk")
 int walk_floor_nop(void *ctx)
@@ -160,6 +162,19 @@ int walk_floor_nop(void *ctx)
 
 SEC("tp_btf/kvm_mmu_pagetable_walk")
 int walk_floor_ring(void *ctx)
+{
+	produce(bpf_get_current_pid_tgid());
+	return 0;
+}
+
+SEC("tp_btf/kvm_page_fault")
+int pf_floor_nop(void *ctx)
+{
+	return 0;
+}
+
+SEC("tp_btf/kvm_page_fault")
+int pf_floor_ring(void *ctx)
 {
 	produce(bpf_get_current_pid_tgid());
 	return 0;
