@@ -26,11 +26,16 @@ while getopts "b:r:k:t:h" o; do
     *) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 done
+# getopts eats a "--" that directly follows the options: then no TREE was given, only flags
+ended_by_dashes=false
+[ "$OPTIND" -gt 1 ] && [ "${@:OPTIND-1:1}" = -- ] && ended_by_dashes=true
 shift $((OPTIND - 1))
 [ ${#benches[@]} -gt 0 ] || benches=(probe-cost)
 trees=()
-while [ $# -gt 0 ] && [ "$1" != -- ]; do trees+=("$(realpath "$1")"); shift; done
-[ "${1:-}" = -- ] && shift
+if ! $ended_by_dashes; then
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do trees+=("$(realpath "$1")"); shift; done
+  [ "${1:-}" = -- ] && shift
+fi
 [ ${#trees[@]} -gt 0 ] || trees=("$REPO")
 [ -n "$KDIR" ] || KDIR=$(ls -d "$REPO"/.cache/kernels/6.12.* 2>/dev/null | grep -v -- '-bug$\|-fixed$' | head -1)
 [ -d "$KDIR" ] || { echo "qemu.sh: no 6.12 kernel dir (run scripts/kernels/fetch.sh 6.12, or pass -k)" >&2; exit 2; }
