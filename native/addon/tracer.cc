@@ -681,7 +681,8 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
     ro->range_is_gfn = facts.rangeIsGfn;
     ro->wakeup_bytes = wakeupBytes;
     ro->invalidation_stacks = stacks;
-    ro->kvm_typed_cast = facts.kvmTypedCast && !raw && mode_ != Mode::kKprobe;
+    // raw: no typed program loads, so none would use it (and typedKvmLoads says false)
+    ro->kvm_typed_cast = facts.kvmTypedCast && !raw;
     // vmIdKey: the caller's (lib/tracer.ts shares it with the memslot iterator, so a VM has one
     // id in both); else random
     uint64_t key = 0;

@@ -462,7 +462,8 @@ static __always_inline __u64 fill_current_vcpu(struct kvmfault_event *e, struct 
 	}
 	e->vcpu_id = t->vcpu_id;
 	e->vm_id = t->vm_id;
-	if (kvm_typed_cast) {
+	/* typed: a tracing program (kfuncs allowed); in the others this is compiled out */
+	if (typed && kvm_typed_cast) {
 		fill_rip(e, bpf_rdonly_cast((void *)t->vcpu, bpf_core_type_id_kernel(struct kvm_vcpu)), true);
 		fill_vm_state(e, bpf_rdonly_cast((void *)t->kvm, bpf_core_type_id_kernel(struct kvm)), true);
 		return t->kvm;
