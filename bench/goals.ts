@@ -4,7 +4,7 @@
  * Nothing here measures: a goal whose scenario failed or did not run says so.
  */
 import type { E2eResult } from './e2e';
-import { faultFloor, type ProbeCostResult } from './probe-cost';
+import { faultFloor, faultPathPrograms, type ProbeCostResult } from './probe-cost';
 import type { RingBenchResult } from './ring';
 
 export interface GoalInputs {
@@ -45,9 +45,7 @@ function probeRows(p: ProbeCostResult | undefined): GoalRow[] {
   if (!p || p.referenceNs === null) return [{ goal, measured: 'probe-cost scenario did not run', met: null }];
   const ref = p.referenceNs;
   const floor = faultFloor(p.programs);
-  // fault-path programs: the tracer's that ran on (nearly) every fault of the workload
-  const most = Math.max(0, ...p.programs.filter((q) => q.source.startsWith('kvm tracer')).map((q) => q.runCount));
-  const fault = p.programs.filter((q) => q.source.startsWith('kvm tracer') && q.runCount >= most / 4);
+  const fault = faultPathPrograms(p.programs);
   if (!fault.length) return [{ goal, measured: 'no fault-path program ran', met: null }];
   const rows: GoalRow[] = [{
     goal: `${goal} at sys_enter (ringtest, ${ref.toFixed(0)} ns)`,

@@ -24,7 +24,7 @@ import {
   requireRoot, runMain, sleep, spawnLoadgen, spread, Spread,
 } from './common';
 import { traceWorkloadChild } from './kvm';
-import { bpftraceScript, openProducer } from './ring';
+import { bpftraceScript, openProducer, type RingTestProducer } from './ring';
 
 export interface ProgramCost {
   source: string;
@@ -88,7 +88,7 @@ type RunCost = { name: string; runCount: number; runTimeNs: number };
  * very hits the tracer's programs see.
  */
 async function withFaultFloor(run: () => Promise<RunCost[]>, log: (line: string) => void): Promise<{ tracer: RunCost[]; floor: RunCost[] }> {
-  let producer: ReturnType<typeof openProducer>;
+  let producer: RingTestProducer;
   try {
     producer = openProducer(32 << 20, 1 << 20, true);
   } catch (e) {
@@ -259,6 +259,17 @@ export async function runProbeCostBench(options: ProbeCostOptions = {}): Promise
   return { programs, unavailable, referenceNs: reference, markdown };
 }
 
+/**
+ * The tracer's fault-path programs: those that ran on (nearly) every fault of the workload, i.e.
+ * at least a quarter as often as the tracer's busiest one (the walk and spte programs under
+ * shadow paging; page_fault, spte and kvm_exit under TDP; not the invalidation or exit ones).
+ */
+export function faultPathPrograms(programs: readonly ProgramCost[]): ProgramCost[] {
+  const tracer = programs.filter((p) => p.source.startsWith('kvm tracer'));
+  const most = Math.max(0, ...tracer.map((p) => p.runCount));
+  return tracer.filter((p) => p.runCount >= most / 4);
+}
+
 export interface FaultFloor { tracepoint: string; nopNs: number; ringNs: number }
 
 /**
@@ -283,7 +294,7 @@ export function faultFloor(programs: readonly ProgramCost[]): FaultFloor | null 
 function floorLines(programs: ProgramCost[]): string[] {
   const f = faultFloor(programs);
   if (!f) return [];
-  const tracer = programs.filter((p) => p.source === 'kvm tracer (tracepoint)' && p.runCount > 1000);
+  const tracer = faultPathPrograms(programs).filter((p) => p.source === 'kvm tracer (tracepoint)');
   return [
     '',
     `At the tracer's own per-fault tracepoint (${f.tracepoint}, the same hits): a program that does nothing costs ` +

@@ -37,7 +37,7 @@ export interface RingTestProducer {
   close(): void;
 }
 
-/** kvmFloor: also load the producer's twins at KVM's walk tracepoint (bench/probe-cost.ts) */
+/** kvmFloor: also load the producer's twins at KVM's per-fault tracepoints (bench/probe-cost.ts) */
 export function openProducer(ringSize: number, wakeupBytes: number, kvmFloor = false): RingTestProducer {
   const Ctor = native().RingTest;
   return new Ctor({ ringSize, wakeupBytes, kvmFloor }) as RingTestProducer;
